@@ -1,0 +1,37 @@
+# Two commands are the whole set-up on a fresh machine:
+#   make test   # creates .venv when missing, installs the pinned stack, runs ruff and pytest
+#   make book   # the same environment, then a strict Jupyter Book build into _build/html
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.profit-edu-installed
+PYTEST_ARGS ?=
+
+.PHONY: test book lint lock bench clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt -e ".[dev,book]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	PROFIT_EDU_QUICK=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+book: $(STAMP)
+	rm -rf _build/html
+	PROFIT_EDU_QUICK=1 $(VENV)/bin/jupyter-book build -W -n --keep-going .
+	test -f _build/html/index.html
+
+bench: $(STAMP)
+	$(PY) benchmarks/quantizer_overhead.py
+
+# Regenerate the exact pins from the current environment (run after changing dependencies).
+lock: $(STAMP)
+	{ head -n 2 requirements/constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^pip=='; } > requirements/constraints.tmp
+	mv requirements/constraints.tmp requirements/constraints.txt
+
+clean:
+	rm -rf _build .pytest_cache .ruff_cache .hypothesis

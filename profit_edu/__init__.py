@@ -1,0 +1,27 @@
+"""profit_edu: an interactive textbook and a small PyTorch library that reproduce PROFIT.
+
+PROFIT (Park & Yoo, ECCV 2020) trains 4-bit and 3-bit MobileNets with DuQ quantizers, negative padding
+for h-swish, the AIWQ instability metric and progressive freezing. Modules, in the book's order:
+
+* :mod:`profit_edu.quant`  - rounding with a straight-through estimator, DuQ, PACT, LSQ
+* :mod:`profit_edu.layers` - QConv2d (negative padding), QLinear, QAct, quantize_model, set_bits
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import layers, quant
+from .layers import calibrate, quantize_model, set_bits
+
+try:
+    __version__ = version("profit-edu")
+except PackageNotFoundError:  # running from a source tree that was not pip-installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "__version__",
+    "calibrate",
+    "layers",
+    "quant",
+    "quantize_model",
+    "set_bits",
+]

@@ -1,0 +1,594 @@
+"""Quantizers: rounding with a straight-through estimator, DuQ, and the PACT and LSQ baselines.
+
+PROFIT (Park & Yoo, ECCV 2020) trains every weight and activation quantizer with *DuQ*, a
+"differentiable, unified quantizer" with two learnable scalars per tensor: a clip ``a`` that decides
+which inputs are in range, and a scale ``c`` that decides how large the output levels are.
+
+Glossary (symbols as in the paper and its official code):
+
+``b``
+    the bit width, ``bits`` in code: an int in 2..8; ``None`` means "not quantized".
+``n``
+    ``2**b``, the number of codes of an unsigned grid (``n_lv`` in the official code).
+``K``
+    steps from 0 to the top of the normalised grid: ``n - 1`` for ``"unsigned"`` and ``"hswish"``,
+    ``n/2 - 1`` for ``"signed"`` (so a signed 4-bit grid is -7..7: 15 levels, code -8 unused).
+``a``
+    DuQ's clip: inputs are clipped to [0, a] (or [-a, a]); the input-side step is ``a / K``.
+``c``
+    DuQ's scale: output levels are ``c * k / K`` for integer codes ``k``.
+``â, ĉ``
+    the stored raw parameters (``a_hat``, ``c_hat``); ``a = softplus(â)``, ``c = softplus(ĉ)``, so both stay > 0.
+``3/8``
+    minus h-swish's minimum (h-swish(-1.5) = -0.375). The ``"hswish"`` grid is shifted down by 3/8 so its
+    code 0 sits exactly on h-swish's floor.
+
+Forward (``off`` = 3/8 for ``"hswish"``, else 0; ``lo`` = -1 for ``"signed"``, else 0)::
+
+    u = clip((x + off) / a, lo, 1)          # normalised, clipped input
+    y = c * round(u * K) / K - off          # round half to even (torch.round)
+
+Backward (straight-through: rounding counts as the identity; "in range" means lo < u < 1 strictly)::
+
+    dy/dx = c / a            in range, 0 when clipped  (clipped inputs get no gradient)
+    dy/da = -c * u / a       in range, 0 when clipped  (a learns from in-range inputs only)
+    dy/dc = round(u * K) / K everywhere                 (the clipped tail, at +-1, drives c)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "HSWISH_OFFSET",
+    "MODES",
+    "DuQ",
+    "LSQQuantizer",
+    "PACTQuantizer",
+    "Quantizer",
+    "check_bits",
+    "code_range",
+    "duq",
+    "duq_codes",
+    "duq_levels",
+    "inverse_softplus",
+    "lsq",
+    "make_quantizer",
+    "num_steps",
+    "pact",
+    "round_ste",
+]
+
+Mode = Literal["signed", "unsigned", "hswish"]
+MODES: tuple[str, ...] = ("signed", "unsigned", "hswish")
+MIN_BITS, MAX_BITS = 2, 8
+HSWISH_OFFSET = 0.375  # -min(h-swish) = 3/8
+WEIGHT_INIT_FRACTION = 0.9  # a = c = 0.9 * max|W| (official code)
+ACT_INIT_PERCENTILE = 0.95  # a = c = 95th percentile of the init quantity (official: eps = 0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation and grids
+# --------------------------------------------------------------------------------------------
+def check_bits(bits: object, name: str = "bits") -> int | None:
+    """Return ``bits`` if it is an int in 2..8 or None; raise a clear error otherwise.
+
+    Raises:
+        TypeError: for non-integers (``3.5``, ``"4"``, ``True``).
+        ValueError: for integers outside 2..8 (``0``, ``1``, ``9``, ``-1``).
+
+    >>> check_bits(4), check_bits(None)
+    (4, None)
+    """
+    if bits is None:
+        return None
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
+        raise TypeError(
+            f"{name} must be an int in {MIN_BITS}..{MAX_BITS} or None (not quantized), "
+            f"got {bits!r} of type {type(bits).__name__}"
+        )
+    if not MIN_BITS <= int(bits) <= MAX_BITS:
+        raise ValueError(f"{name} must be in {MIN_BITS}..{MAX_BITS} or None (not quantized), got {bits}")
+    return int(bits)
+
+
+def _check_mode(mode: object, allowed: tuple[str, ...] = MODES) -> str:
+    if mode not in allowed:
+        raise ValueError(f"mode must be one of {allowed}, got {mode!r}")
+    return str(mode)
+
+
+def num_steps(bits: int, mode: str) -> int:
+    """K: the number of grid steps between code 0 and the largest code.
+
+    >>> num_steps(4, "signed"), num_steps(4, "unsigned"), num_steps(4, "hswish")
+    (7, 15, 15)
+    """
+    bits = check_bits(bits)
+    if bits is None:
+        raise ValueError("num_steps needs an int bit width in 2..8, got None")
+    mode = _check_mode(mode)
+    return 2 ** (bits - 1) - 1 if mode == "signed" else 2**bits - 1
+
+
+def code_range(bits: int, mode: str) -> tuple[int, int]:
+    """The smallest and largest integer code of a DuQ grid.
+
+    >>> code_range(3, "signed"), code_range(3, "hswish")
+    ((-3, 3), (0, 7))
+    """
+    k = num_steps(bits, mode)
+    return (-k, k) if mode == "signed" else (0, k)
+
+
+def _offset(mode: str) -> float:
+    return HSWISH_OFFSET if mode == "hswish" else 0.0
+
+
+def inverse_softplus(v: Tensor | float) -> Tensor:
+    """â such that softplus(â) = v, for v > 0 (numerically stable for large and small v)."""
+    v = torch.as_tensor(v, dtype=torch.get_default_dtype())
+    if not bool((v > 0).all()):
+        raise ValueError(f"inverse_softplus needs v > 0, got {v}")
+    return v + torch.log(-torch.expm1(-v))
+
+
+def _check_float_tensor(x: object, name: str = "x") -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (quantizers take real values), got dtype {x.dtype}")
+    return x
+
+
+def _check_positive_scalar(v: object, name: str, like: Tensor) -> Tensor:
+    if isinstance(v, bool) or not isinstance(v, Tensor | numbers.Real):
+        raise TypeError(f"{name} must be a positive scalar tensor or float, got {type(v).__name__}")
+    t = torch.as_tensor(v, dtype=like.dtype, device=like.device) if not isinstance(v, Tensor) else v
+    if t.numel() != 1:
+        raise ValueError(f"{name} must be a scalar (one value per tensor, as in DuQ), got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got dtype {t.dtype}")
+    if not bool(t.detach() > 0):
+        raise ValueError(f"{name} must be > 0 (DuQ keeps it positive through softplus), got {float(t):g}")
+    return t
+
+
+# --------------------------------------------------------------------------------------------
+# Pure functions
+# --------------------------------------------------------------------------------------------
+def round_ste(x: Tensor) -> Tensor:
+    """Round to the nearest integer (half to even); the backward pass treats it as the identity.
+
+    >>> x = torch.tensor([0.4, 1.6], requires_grad=True)
+    >>> round_ste(x).sum().backward(); x.grad
+    tensor([1., 1.])
+    """
+    return x + (torch.round(x) - x).detach()
+
+
+class _DuQFunction(torch.autograd.Function):
+    """DuQ forward and its straight-through backward in one pass each.
+
+    Forward saves the input (no copy), the output and a boolean in-range mask, so backward needs four
+    elementwise passes: g*mask, the x gradient, and two dot products for the scalar gradients of a and c.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor, c: Tensor, k: int, signed: bool, off: float) -> Tensor:
+        a_, c_ = a.to(x.dtype), c.to(x.dtype)
+        v = (x + off) if off else x
+        v = v * (k / a_)  # normalised input times K: in-range values lie strictly inside (lo*K, K)
+        lo = -k if signed else 0
+        mask = (v > lo) & (v < k)
+        y = v.clamp_(lo, k).round_().mul_(c_ / k)
+        if off:
+            y.sub_(off)
+        ctx.save_for_backward(x, y, mask, a_, c_)
+        ctx.off = off
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, y, mask, a, c = ctx.saved_tensors
+        off = ctx.off
+        gm = g * mask
+        gx = gm * (c / a) if ctx.needs_input_grad[0] else None
+        ga = gc = None
+        if ctx.needs_input_grad[1]:
+            # dy/da = -c (x + off) / a^2 on in-range inputs
+            s = torch.vdot(gm.reshape(-1), x.reshape(-1))
+            if off:
+                s = s + off * gm.sum()
+            ga = -(c / (a * a)) * s
+        if ctx.needs_input_grad[2]:
+            # dy/dc = level / K = (y + off) / c
+            s = torch.vdot(g.reshape(-1), y.reshape(-1))
+            if off:
+                s = s + off * g.sum()
+            gc = s / c
+        return gx, ga, gc, None, None, None
+
+
+def _duq(x: Tensor, a: Tensor, c: Tensor, bits: int, mode: str) -> Tensor:
+    """DuQ without argument checks (the modules validate once, at construction)."""
+    k = 2 ** (bits - 1) - 1 if mode == "signed" else 2**bits - 1
+    y = _DuQFunction.apply(x, a, c, k, mode == "signed", _offset(mode))
+    return y
+
+
+def duq(x: Tensor, a: Tensor | float, c: Tensor | float, bits: int, mode: Mode) -> Tensor:
+    """DuQ fake quantization: clip with ``a``, round to ``2**bits`` (or ``2**bits - 1``) levels, scale by ``c``.
+
+    Math: y = c * round(clip((x + off) / a, lo, 1) * K) / K - off   (see the module docstring)
+
+    Shapes: x: any shape -> same shape; a, c: scalars.
+
+    Args:
+        x: real-valued input (weights or activations).
+        a: the clip, > 0 (a tensor to learn it, e.g. ``softplus(a_hat)``).
+        c: the output scale, > 0.
+        bits: 2..8. (Use no quantizer at all for float; ``duq`` itself needs a bit width.)
+        mode: ``"signed"`` (weights, signed block inputs), ``"unsigned"`` (after ReLU/ReLU6) or
+            ``"hswish"`` (after h-swish; the grid starts at -3/8).
+
+    Raises:
+        TypeError: non-tensor or integer ``x``; non-integer ``bits``.
+        ValueError: ``bits`` outside 2..8 or None; unknown ``mode``; ``a`` or ``c`` not a positive scalar.
+
+    >>> duq(torch.tensor([-1.0, 0.26, 0.9, 3.0]), 1.0, 1.0, 2, "unsigned")
+    tensor([0.0000, 0.3333, 1.0000, 1.0000])
+    """
+    x = _check_float_tensor(x)
+    b = check_bits(bits)
+    if b is None:
+        raise ValueError("duq needs bits in 2..8; for float, do not quantize (bits None in the modules)")
+    mode = _check_mode(mode)
+    a = _check_positive_scalar(a, "a", x)
+    c = _check_positive_scalar(c, "c", x)
+    return _duq(x, a.reshape(()), c.reshape(()), b, mode)
+
+
+def duq_codes(x: Tensor, a: Tensor | float, bits: int, mode: Mode) -> Tensor:
+    """The integer codes k that DuQ assigns to ``x`` (int64), so that ``duq(x) == c * k / K - off``.
+
+    >>> duq_codes(torch.tensor([-2.0, -0.3, 0.0, 0.3, 2.0]), 1.0, 3, "signed")
+    tensor([-3, -1,  0,  1,  3])
+    """
+    x = _check_float_tensor(x)
+    mode = _check_mode(mode)
+    k = num_steps(bits, mode)
+    a = _check_positive_scalar(a, "a", x).to(x.dtype)
+    lo, hi = code_range(bits, mode)
+    v = (x.detach() + _offset(mode)) * (k / a)
+    return v.clamp(lo, hi).round().to(torch.int64)
+
+
+def duq_levels(c: Tensor | float, bits: int, mode: Mode) -> Tensor:
+    """All real output levels of a DuQ grid, ascending (float64).
+
+    >>> duq_levels(1.0, 2, "hswish")
+    tensor([-0.3750, -0.0417,  0.2917,  0.6250], dtype=torch.float64)
+    """
+    mode = _check_mode(mode)
+    k = num_steps(bits, mode)
+    c = float(c)
+    if not c > 0:
+        raise ValueError(f"c must be > 0, got {c}")
+    lo, hi = code_range(bits, mode)
+    codes = torch.arange(lo, hi + 1, dtype=torch.float64)
+    return codes * (c / k) - _offset(mode)
+
+
+class _PACTFunction(torch.autograd.Function):
+    """PACT (Choi et al. 2018): clip at a learnable alpha, uniform levels in [0, alpha] (or [-alpha, alpha]).
+
+    The gradient to alpha is the PACT paper's straight-through one: 1 for inputs at or beyond the clip
+    (-1 below -alpha in the signed form), 0 in range.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, k: int, signed: bool) -> Tensor:
+        al = alpha.to(x.dtype)
+        lo = -al if signed else torch.zeros_like(al)
+        above, below = x >= al, x <= lo
+        y = torch.minimum(torch.maximum(x, lo), al).mul_(k / al).round_().mul_(al / k)
+        ctx.save_for_backward(above, below)
+        ctx.signed = signed
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        above, below = ctx.saved_tensors
+        gx = g * ~(above | below)
+        galpha = (g * above).sum()
+        if ctx.signed:
+            galpha = galpha - (g * below).sum()
+        return gx, galpha, None, None
+
+
+def pact(x: Tensor, alpha: Tensor | float, bits: int, mode: Literal["signed", "unsigned"] = "unsigned") -> Tensor:
+    """PACT fake quantization: y = round(clip(x, 0, alpha) * K / alpha) * alpha / K.
+
+    Unlike DuQ, one parameter is both the clip and the scale, and it learns only from clipped inputs.
+
+    >>> pact(torch.tensor([-1.0, 0.5, 2.0]), 1.0, 2)
+    tensor([0.0000, 0.6667, 1.0000])
+    """
+    x = _check_float_tensor(x)
+    mode = _check_mode(mode, ("signed", "unsigned"))
+    k = num_steps(bits, mode)
+    alpha = _check_positive_scalar(alpha, "alpha", x)
+    return _PACTFunction.apply(x, alpha.reshape(()), k, mode == "signed")
+
+
+def _lsq_bounds(bits: int, mode: str) -> tuple[int, int]:
+    # LSQ uses the full two's-complement range for signed data: -2^(b-1)..2^(b-1)-1.
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if mode == "signed" else (0, 2**bits - 1)
+
+
+def _scale_grad(s: Tensor, factor: float) -> Tensor:
+    """Value ``s``, gradient multiplied by ``factor`` (LSQ's gradient scale)."""
+    return (s - s * factor).detach() + s * factor
+
+
+def lsq(
+    x: Tensor,
+    s: Tensor | float,
+    bits: int,
+    mode: Literal["signed", "unsigned"] = "signed",
+    grad_scale: float | None = None,
+) -> Tensor:
+    """LSQ fake quantization (Esser et al. 2020): y = round(clip(x / s, Qn, Qp)) * s with a learnable step s.
+
+    Gradient to s (before the gradient scale): round(x/s) - x/s in range, Qn or Qp when clipped.
+    ``grad_scale`` defaults to LSQ's 1 / sqrt(numel(x) * Qp).
+
+    >>> lsq(torch.tensor([-1.0, 0.26, 5.0]), 0.25, 3)
+    tensor([-1.0000,  0.2500,  0.7500])
+    """
+    x = _check_float_tensor(x)
+    mode = _check_mode(mode, ("signed", "unsigned"))
+    b = check_bits(bits)
+    if b is None:
+        raise ValueError("lsq needs bits in 2..8")
+    qn, qp = _lsq_bounds(b, mode)
+    s = _check_positive_scalar(s, "s", x).reshape(()).to(x.dtype)
+    if grad_scale is None:
+        grad_scale = 1.0 / math.sqrt(x.numel() * qp)
+    s = _scale_grad(s, grad_scale)
+    return round_ste(torch.clamp(x / s, qn, qp)) * s
+
+
+# --------------------------------------------------------------------------------------------
+# Initialisation from data
+# --------------------------------------------------------------------------------------------
+InitStyle = Literal["fixed", "reference"]
+
+
+def _percentile_of_positive(v: Tensor, q: float) -> float:
+    """The q-quantile of the strictly positive entries of v (1e-3 when there are none, as the official code)."""
+    pos = v.detach().reshape(-1)
+    pos = pos[pos > 0]
+    if pos.numel() == 0:
+        return 1e-3
+    k = min(max(math.ceil(q * pos.numel()), 1), pos.numel())
+    return float(pos.float().kthvalue(k).values)
+
+
+def act_init_value(
+    x: Tensor, mode: str, *, style: InitStyle = "fixed", percentile: float = ACT_INIT_PERCENTILE, cap: float | None = None
+) -> float:
+    """The value of a = c that initialises an activation quantizer from one batch of its input.
+
+    ``style="fixed"`` uses the quantity the official code *intends*: |x| for ``"signed"``, x + 3/8 for
+    ``"hswish"``, x for ``"unsigned"`` (its positive values). ``style="reference"`` replays what the official
+    code *does*: the positive values of whatever tensor it is given (the caller passes the pre-activation
+    for fused h-swish quantizers), with no |x| and no offset. ``cap`` (6 for ReLU6) bounds the result.
+    """
+    if style == "fixed":
+        quantity = x.abs() if mode == "signed" else (x + HSWISH_OFFSET if mode == "hswish" else x)
+    elif style == "reference":
+        quantity = x
+    else:
+        raise ValueError(f"init style must be 'fixed' or 'reference', got {style!r}")
+    value = _percentile_of_positive(quantity, percentile)
+    return min(value, cap) if cap is not None else value
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------
+class Quantizer(nn.Module):
+    """Base class of the fake quantizers: ``bits=None`` is the identity; otherwise the subclass quantizes.
+
+    A quantizer initialises its parameters from the first tensor it sees (weights: from the weight;
+    activations: from one batch), unless they were set or loaded before. ``initialized`` is a buffer, so
+    checkpoints carry it.
+
+    Attributes:
+        mode: the grid: "signed", "unsigned" or "hswish".
+        role: "weight" or "act" (decides how the first tensor initialises the parameters).
+        init_style: "fixed" (default) or "reference" (the official code's behaviour, see ``act_init_value``).
+    """
+
+    modes: tuple[str, ...] = MODES
+
+    def __init__(
+        self, mode: str, bits: int | None = None, *, role: Literal["weight", "act"] = "act", init_style: str = "fixed"
+    ) -> None:
+        super().__init__()
+        self.mode = _check_mode(mode, self.modes)
+        if role not in ("weight", "act"):
+            raise ValueError(f"role must be 'weight' or 'act', got {role!r}")
+        if init_style not in ("fixed", "reference"):
+            raise ValueError(f"init_style must be 'fixed' or 'reference', got {init_style!r}")
+        self.role = role
+        self.init_style = init_style
+        self.bits = bits
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._ready = False  # python mirror of `initialized`: no device sync in forward
+        self.register_load_state_dict_post_hook(_sync_ready)
+
+    @property
+    def bits(self) -> int | None:
+        return self._bits
+
+    @bits.setter
+    def bits(self, value: int | None) -> None:
+        self._bits = check_bits(value)
+
+    @property
+    def zero_value(self) -> float:
+        """The real value that integer code 0 stands for (what a following conv must pad with)."""
+        return 0.0
+
+    def init_from(self, x: Tensor, *, cap: float | None = None) -> None:
+        """Initialise the parameters from a tensor: the weight itself, or one batch of activations."""
+        if self.role == "weight":
+            value = WEIGHT_INIT_FRACTION * float(x.detach().abs().max())
+            value = value if value > 0 else 1e-3
+        else:
+            value = act_init_value(x, self.mode, style=self.init_style, cap=cap)
+        self._set_from_value(value, x)
+        self.initialized.fill_(True)
+        self._ready = True
+
+    def _set_from_value(self, value: float, x: Tensor) -> None:
+        raise NotImplementedError
+
+    def quantize(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._bits is None:
+            return x
+        if not self._ready:
+            self.init_from(x)
+        return self.quantize(x)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, bits={self._bits}, role={self.role!r}"
+
+
+def _sync_ready(module: Quantizer, incompatible_keys: object) -> None:
+    module._ready = bool(module.initialized)
+
+
+class DuQ(Quantizer):
+    """DuQ with learnable clip ``a`` and scale ``c``, stored as ``a_hat``, ``c_hat`` under softplus.
+
+    >>> q = DuQ("unsigned", bits=2); q.set_a_c(1.0, 2.0)
+    >>> q(torch.tensor([0.2, 0.5, 7.0]))
+    tensor([0.6667, 1.3333, 2.0000], grad_fn=<_DuQFunctionBackward>)
+    """
+
+    def __init__(self, mode: str, bits: int | None = None, **kwargs) -> None:
+        super().__init__(mode, bits, **kwargs)
+        self.a_hat = nn.Parameter(inverse_softplus(1.0))
+        self.c_hat = nn.Parameter(inverse_softplus(1.0))
+
+    @property
+    def a(self) -> Tensor:
+        return F.softplus(self.a_hat)
+
+    @property
+    def c(self) -> Tensor:
+        return F.softplus(self.c_hat)
+
+    @property
+    def zero_value(self) -> float:
+        return -HSWISH_OFFSET if self.mode == "hswish" else 0.0
+
+    def step(self) -> Tensor:
+        """The output step c / K (the real value of one code)."""
+        return self.c / num_steps(self._bits, self.mode)
+
+    @torch.no_grad()
+    def set_a_c(self, a: float, c: float) -> None:
+        """Set a and c directly (both > 0) and mark the quantizer initialised."""
+        self.a_hat.copy_(inverse_softplus(a))
+        self.c_hat.copy_(inverse_softplus(c))
+        self.initialized.fill_(True)
+        self._ready = True
+
+    def _set_from_value(self, value: float, x: Tensor) -> None:
+        with torch.no_grad():
+            self.a_hat.copy_(inverse_softplus(value))
+            self.c_hat.copy_(inverse_softplus(value))
+
+    def quantize(self, x: Tensor) -> Tensor:
+        return _duq(x, F.softplus(self.a_hat), F.softplus(self.c_hat), self._bits, self.mode)
+
+    def codes(self, x: Tensor) -> Tensor:
+        """Integer codes of ``x`` under the current a (int64)."""
+        return duq_codes(x, self.a.detach(), self._bits, self.mode)
+
+
+class PACTQuantizer(Quantizer):
+    """PACT in the quantizer interface. PACT has no offset grid: an ``"hswish"`` point is quantized
+    unsigned on [0, alpha], so h-swish's negative values collapse to 0 (the weakness Fig. 6 of PROFIT shows).
+    """
+
+    modes = ("signed", "unsigned")
+
+    def __init__(self, mode: str, bits: int | None = None, **kwargs) -> None:
+        super().__init__(mode, bits, **kwargs)
+        self.alpha = nn.Parameter(torch.tensor(1.0))
+
+    def _set_from_value(self, value: float, x: Tensor) -> None:
+        with torch.no_grad():
+            self.alpha.fill_(value)
+
+    def quantize(self, x: Tensor) -> Tensor:
+        return _PACTFunction.apply(x, self.alpha.abs(), num_steps(self._bits, self.mode), self.mode == "signed")
+
+
+class LSQQuantizer(Quantizer):
+    """LSQ in the quantizer interface: one learnable step ``s``, initialised as 2 mean|x| / sqrt(Qp)."""
+
+    modes = ("signed", "unsigned")
+
+    def __init__(self, mode: str, bits: int | None = None, **kwargs) -> None:
+        super().__init__(mode, bits, **kwargs)
+        self.s = nn.Parameter(torch.tensor(1.0))
+
+    def init_from(self, x: Tensor, *, cap: float | None = None) -> None:
+        qp = _lsq_bounds(self._bits or 8, self.mode)[1]
+        value = 2.0 * float(x.detach().abs().mean()) / math.sqrt(qp)
+        with torch.no_grad():
+            self.s.fill_(value if value > 0 else 1e-3)
+        self.initialized.fill_(True)
+        self._ready = True
+
+    def quantize(self, x: Tensor) -> Tensor:
+        qn, qp = _lsq_bounds(self._bits, self.mode)
+        s = _scale_grad(self.s.abs(), 1.0 / math.sqrt(x.numel() * qp)).to(x.dtype)
+        return round_ste(torch.clamp(x / s, qn, qp)) * s
+
+
+METHODS = ("duq", "pact", "lsq")
+
+
+def make_quantizer(
+    method: str, mode: str, bits: int | None = None, *, role: Literal["weight", "act"] = "act", init_style: str = "fixed"
+) -> Quantizer:
+    """Build a quantizer of ``method`` ("duq", "pact", "lsq") for a point of kind ``mode``.
+
+    PACT and LSQ have no offset grid, so an h-swish point maps to PACT's unsigned grid (negatives lost) and
+    to LSQ's signed grid (half the codes spent on h-swish's [-3/8, 0) range), as in PROFIT's comparison.
+    """
+    mode = _check_mode(mode)
+    if method == "duq":
+        return DuQ(mode, bits, role=role, init_style=init_style)
+    if method == "pact":
+        return PACTQuantizer("unsigned" if mode == "hswish" else mode, bits, role=role, init_style=init_style)
+    if method == "lsq":
+        return LSQQuantizer("signed" if mode == "hswish" else mode, bits, role=role, init_style=init_style)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
