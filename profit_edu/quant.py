@@ -383,7 +383,12 @@ def _percentile_of_positive(v: Tensor, q: float) -> float:
 
 
 def act_init_value(
-    x: Tensor, mode: str, *, style: InitStyle = "fixed", percentile: float = ACT_INIT_PERCENTILE, cap: float | None = None
+    x: Tensor,
+    mode: str,
+    *,
+    style: InitStyle = "fixed",
+    percentile: float = ACT_INIT_PERCENTILE,
+    cap: float | None = None,
 ) -> float:
     """The value of a = c that initialises an activation quantizer from one batch of its input.
 
@@ -577,7 +582,12 @@ METHODS = ("duq", "pact", "lsq")
 
 
 def make_quantizer(
-    method: str, mode: str, bits: int | None = None, *, role: Literal["weight", "act"] = "act", init_style: str = "fixed"
+    method: str,
+    mode: str,
+    bits: int | None = None,
+    *,
+    role: Literal["weight", "act"] = "act",
+    init_style: str = "fixed",
 ) -> Quantizer:
     """Build a quantizer of ``method`` ("duq", "pact", "lsq") for a point of kind ``mode``.
 
