@@ -5,11 +5,12 @@ for h-swish, the AIWQ instability metric and progressive freezing. Modules, in t
 
 * :mod:`profit_edu.quant`  - rounding with a straight-through estimator, DuQ, PACT, LSQ
 * :mod:`profit_edu.layers` - QConv2d (negative padding), QLinear, QAct, quantize_model, set_bits
+* :mod:`profit_edu.models` - MobileNet v1/v2/v3 with PROFIT's quantization points
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import layers, quant
+from . import layers, models, quant
 from .layers import calibrate, quantize_model, set_bits
 
 try:
@@ -21,6 +22,7 @@ __all__ = [
     "__version__",
     "calibrate",
     "layers",
+    "models",
     "quant",
     "quantize_model",
     "set_bits",
