@@ -174,46 +174,45 @@ def round_ste(x: Tensor) -> Tensor:
 
 
 class _DuQFunction(torch.autograd.Function):
-    """DuQ forward and its straight-through backward in one pass each.
+    """DuQ forward and its straight-through backward, with as few passes over memory as possible.
 
-    Forward saves the input (no copy), the output and a boolean in-range mask, so backward needs four
-    elementwise passes: g*mask, the x gradient, and two dot products for the scalar gradients of a and c.
+    Forward keeps ``v = (x + off) * K / a`` (the normalised input before clipping) and the output ``y``.
+    Backward then needs four elementwise passes: the in-range mask is applied by ``hardtanh_backward``
+    (gradient only where lo*K < v < K, the clip's own convention), and the scalar gradients of a and c
+    are dot products:
+
+        dL/da = sum(dL/dy * dy/da) = -(1/K) * <g_x, v>    (g_x: the gradient passed to x)
+        dL/dc = sum(dL/dy * level / K) = (<g, y> + off * sum(g)) / c
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, a: Tensor, c: Tensor, k: int, signed: bool, off: float) -> Tensor:
         a_, c_ = a.to(x.dtype), c.to(x.dtype)
-        v = (x + off) if off else x
-        v = v * (k / a_)  # normalised input times K: in-range values lie strictly inside (lo*K, K)
+        s = k / a_
+        v = torch.addcmul(off * s, x, s) if off else x * s  # (x + off) * K / a
         lo = -k if signed else 0
-        mask = (v > lo) & (v < k)
-        y = v.clamp_(lo, k).round_().mul_(c_ / k)
+        y = v.clamp(lo, k).round_().mul_(c_ / k)
         if off:
             y.sub_(off)
-        ctx.save_for_backward(x, y, mask, a_, c_)
-        ctx.off = off
+        ctx.save_for_backward(v, y, a_, c_)
+        ctx.k, ctx.lo, ctx.off = k, lo, off
         return y
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        x, y, mask, a, c = ctx.saved_tensors
-        off = ctx.off
-        gm = g * mask
-        gx = gm * (c / a) if ctx.needs_input_grad[0] else None
-        ga = gc = None
-        if ctx.needs_input_grad[1]:
-            # dy/da = -c (x + off) / a^2 on in-range inputs
-            s = torch.vdot(gm.reshape(-1), x.reshape(-1))
-            if off:
-                s = s + off * gm.sum()
-            ga = -(c / (a * a)) * s
+        v, y, a, c = ctx.saved_tensors
+        k, off = ctx.k, ctx.off
+        gx = ga = gc = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            gx = torch.ops.aten.hardtanh_backward(g * (c / a), v, ctx.lo, k)  # c/a in range, 0 when clipped
+            if ctx.needs_input_grad[1]:
+                ga = torch.vdot(gx.reshape(-1), v.reshape(-1)) / -k
         if ctx.needs_input_grad[2]:
-            # dy/dc = level / K = (y + off) / c
-            s = torch.vdot(g.reshape(-1), y.reshape(-1))
+            gc = torch.vdot(g.reshape(-1), y.reshape(-1))
             if off:
-                s = s + off * g.sum()
-            gc = s / c
-        return gx, ga, gc, None, None, None
+                gc = gc + off * g.sum()
+            gc = gc / c
+        return (gx if ctx.needs_input_grad[0] else None), ga, gc, None, None, None
 
 
 def _duq(x: Tensor, a: Tensor, c: Tensor, bits: int, mode: str) -> Tensor:
