@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import interleaved, ratio_stats  # noqa: E402
+from timing import interleaved, ratio_stats
 
-import profit_edu as pe  # noqa: E402
-from profit_edu import ledger  # noqa: E402
-from profit_edu.layers import QuantPoint  # noqa: E402
+import profit_edu as pe
+from profit_edu import ledger
+from profit_edu.layers import QuantPoint
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

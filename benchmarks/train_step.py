@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import interleaved, ratio_stats  # noqa: E402
+from timing import interleaved, ratio_stats
 
-import profit_edu as pe  # noqa: E402
-from profit_edu import ledger  # noqa: E402
+import profit_edu as pe
+from profit_edu import ledger
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = {

@@ -6,11 +6,12 @@ for h-swish, the AIWQ instability metric and progressive freezing. Modules, in t
 * :mod:`profit_edu.quant`  - rounding with a straight-through estimator, DuQ, PACT, LSQ
 * :mod:`profit_edu.layers` - QConv2d (negative padding), QLinear, QAct, quantize_model, set_bits
 * :mod:`profit_edu.models` - MobileNet v1/v2/v3 with PROFIT's quantization points
+* :mod:`profit_edu.data`   - CIFAR-10 (offline copy or checksummed download), ImageNet folders, synthetic data
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import layers, models, quant
+from . import data, layers, models, quant
 from .layers import calibrate, quantize_model, set_bits
 
 try:
@@ -21,6 +22,7 @@ except PackageNotFoundError:  # running from a source tree that was not pip-inst
 __all__ = [
     "__version__",
     "calibrate",
+    "data",
     "layers",
     "models",
     "quant",
