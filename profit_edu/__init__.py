@@ -6,13 +6,16 @@ for h-swish, the AIWQ instability metric and progressive freezing. Modules, in t
 * :mod:`profit_edu.quant`  - rounding with a straight-through estimator, DuQ, PACT, LSQ
 * :mod:`profit_edu.layers` - QConv2d (negative padding), QLinear, QAct, quantize_model, set_bits
 * :mod:`profit_edu.models` - MobileNet v1/v2/v3 with PROFIT's quantization points
+* :mod:`profit_edu.train`  - training and evaluation loops, KD, weight EMA, schedules
+* :mod:`profit_edu.checkpoint` - safetensors + JSON checkpoints that resume exactly
 * :mod:`profit_edu.data`   - CIFAR-10 (offline copy or checksummed download), ImageNet folders, synthetic data
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, layers, models, quant
+from . import checkpoint, data, layers, models, quant, train
 from .layers import calibrate, quantize_model, set_bits
+from .train import ModelEMA, TrainConfig, evaluate, fit
 
 try:
     __version__ = version("profit-edu")
@@ -20,12 +23,18 @@ except PackageNotFoundError:  # running from a source tree that was not pip-inst
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "ModelEMA",
+    "TrainConfig",
     "__version__",
     "calibrate",
+    "checkpoint",
     "data",
+    "evaluate",
+    "fit",
     "layers",
     "models",
     "quant",
     "quantize_model",
     "set_bits",
+    "train",
 ]

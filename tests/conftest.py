@@ -1,7 +1,13 @@
-"""Shared test set-up: CPU, deterministic, a small thread count."""
+"""Shared test set-up: CPU, deterministic, one intra-op thread.
+
+One thread keeps the many tiny tensors of unit tests fast and stable on a shared 2-core machine
+(with two threads a tiny step took 0.38 s under load, with one 1.4 ms).
+"""
 
 import pytest
 import torch
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
