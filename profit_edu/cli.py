@@ -246,6 +246,9 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="default: 256")
     p.add_argument("--device", type=_device, default=None, help="default: cuda when available, else cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--ledger", action="store_true",
+                   help="append the top-1 of the model and its EMA to benchmarks/results/ledger.jsonl, with the "
+                        "run's training command and seed (how every number the book reports is recorded)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(handler=cmd_evaluate)
 
@@ -472,6 +475,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     info = {"checkpoint": str(args.checkpoint), "epoch": state.epoch + 1, "epochs": state.config.get("epochs"),
             "model": model_args["model"], "bits": _bits_label(model_args["weight_bits"], model_args["act_bits"]),
             "dataset": used, "images": len(test), "metrics": results}
+    if args.ledger:
+        _record_in_ledger(state, info, device, args.argv)
     if args.json:
         _say(json.dumps(info))
         return 0
@@ -481,6 +486,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         top5 = f"{r['top5']:.2f}%" if r["top5"] is not None else "n/a"
         _say(f"{'EMA' if name == 'ema' else 'model':5s}: top-1 {r['top1']:.2f}%  top-5 {top5}  loss {r['loss']:.4f}")
     return 0
+
+
+def _record_in_ledger(state: Any, info: dict[str, Any], device: str, argv: list[str]) -> None:
+    """One ledger line per evaluated copy (model, EMA), carrying the training command and seed of the run."""
+    from . import ledger
+
+    meta, model_args = state.meta, state.meta["model_args"]
+    wb, ab = model_args["weight_bits"], model_args["act_bits"]
+    method = "fp" if wb is None and ab is None else "duq"
+    wall = sum(float(r.get("wall_s") or 0.0) for r in state.history)
+    for name, r in info["metrics"].items():
+        ledger.append({
+            "id": f"{meta.get('scale')}/{info['dataset']}/{info['model']}/{method}/w{wb}a{ab}/{name}",
+            "hardware": ledger.hardware(device), "scale": meta.get("scale"), "dataset": info["dataset"],
+            "model": info["model"], "width_mult": model_args["width_mult"], "cifar_stem": model_args["cifar_stem"],
+            "stem_stride": model_args["stem_stride"], "method": method, "weight_bits": wb, "act_bits": ab,
+            "seed": meta.get("data", {}).get("seed"), "metric": "top1", "value": round(r["top1"], 2),
+            "top5": None if r["top5"] is None else round(r["top5"], 2), "copy": name, "epochs": info["epoch"],
+            "test_images": info["images"], "wall_s": round(wall, 1), "command": meta.get("command"),
+            "eval_command": "profit-edu " + " ".join(argv),
+        })
 
 
 # --------------------------------------------------------------------------------------------

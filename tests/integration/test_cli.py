@@ -124,7 +124,7 @@ def test_evaluate_of_a_missing_or_damaged_run_exits_1(capsys, tmp_path):
 TINY = ["--scale", "tiny", "--device", "cpu"]
 
 
-def test_tiny_train_resume_evaluate_and_init(capsys, tmp_path):
+def test_tiny_train_resume_evaluate_and_init(capsys, tmp_path, monkeypatch):
     fp_run, q_run = tmp_path / "fp", tmp_path / "w4a4"
     status, out, err = run_cli(capsys, "train", "--model", "mobilenet_v2", *TINY, "--seed", "1", "--out", str(fp_run))
     assert status == 0, err
@@ -163,6 +163,15 @@ def test_tiny_train_resume_evaluate_and_init(capsys, tmp_path):
     status, out, _ = run_cli(capsys, "evaluate", str(q_run))
     assert status == 0 and "top-1" in out and "top-5" in out and "mobilenet_v2 W4A4, after epoch 1 of 1" in out
     assert "EMA" in out
+
+    ledger_file = tmp_path / "ledger.jsonl"
+    monkeypatch.setenv("PROFIT_EDU_LEDGER", str(ledger_file))
+    status, _, err = run_cli(capsys, "evaluate", str(q_run), "--ledger")
+    assert status == 0, err
+    lines = [json.loads(line) for line in ledger_file.read_text().splitlines()]
+    assert [r["copy"] for r in lines] == ["model", "ema"]
+    assert lines[0]["value"] == pytest.approx(result["metrics"]["model"]["top1"], abs=0.01)
+    assert lines[0]["weight_bits"] == 4 and lines[0]["seed"] == 1 and "--init" in lines[0]["command"]
 
 
 def test_console_entry_point_runs_in_a_fresh_process():
