@@ -6,6 +6,8 @@ for h-swish, the AIWQ instability metric and progressive freezing. Modules, in t
 * :mod:`profit_edu.quant`  - rounding with a straight-through estimator, DuQ, PACT, LSQ
 * :mod:`profit_edu.layers` - QConv2d (negative padding), QLinear, QAct, quantize_model, set_bits
 * :mod:`profit_edu.models` - MobileNet v1/v2/v3 with PROFIT's quantization points
+* :mod:`profit_edu.aiwq`   - the AIWQ metric, its hook-based tracker, weight-flip and BN-statistics diagnostics
+* :mod:`profit_edu.profit` - PROFIT's schedule as YAML recipes, AIWQ-ranked freezing, run_recipe
 * :mod:`profit_edu.train`  - training and evaluation loops, KD, weight EMA, schedules
 * :mod:`profit_edu.checkpoint` - safetensors + JSON checkpoints that resume exactly
 * :mod:`profit_edu.data`   - CIFAR-10 (offline copy or checksummed download), ImageNet folders, synthetic data
@@ -13,7 +15,7 @@ for h-swish, the AIWQ instability metric and progressive freezing. Modules, in t
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import checkpoint, data, layers, models, quant, train
+from . import aiwq, checkpoint, data, layers, models, profit, quant, train
 from .layers import calibrate, quantize_model, set_bits
 from .train import ModelEMA, TrainConfig, evaluate, fit
 
@@ -26,6 +28,7 @@ __all__ = [
     "ModelEMA",
     "TrainConfig",
     "__version__",
+    "aiwq",
     "calibrate",
     "checkpoint",
     "data",
@@ -33,6 +36,7 @@ __all__ = [
     "fit",
     "layers",
     "models",
+    "profit",
     "quant",
     "quantize_model",
     "set_bits",

@@ -7,6 +7,8 @@ Subcommands (one ``_add_<name>_parser`` function and one ``cmd_<name>`` function
     build a MobileNet, optionally quantize it, train it with :func:`profit_edu.train.fit`, checkpoint every epoch.
 ``evaluate``
     rebuild the model a ``train`` run saved, load its checkpoint, print top-1/top-5.
+``plan``
+    print the phase timeline of a PROFIT recipe (:mod:`profit_edu.profit`); ``train --recipe`` runs it.
 
 Only this module (and the plotting helpers) print; the library logs.
 """
@@ -30,7 +32,8 @@ from torch import nn
 
 from . import __version__
 
-__all__ = ["SCALES", "CLIError", "Scale", "build_model", "build_parser", "cmd_evaluate", "cmd_train", "main"]
+__all__ = ["SCALES", "CLIError", "Scale", "build_model", "build_parser", "cmd_evaluate", "cmd_plan", "cmd_train",
+           "main"]
 
 DESCRIPTION = """\
 profit-edu: train, evaluate and export sub-4-bit MobileNets with PROFIT (Park & Yoo, ECCV 2020).
@@ -183,7 +186,15 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
             "  profit-edu evaluate runs/w4a4"
         ),
     )
-    p.add_argument("--model", required=True, choices=MODELS, help="which MobileNet to build")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", choices=MODELS, help="which MobileNet to build")
+    what.add_argument("--recipe", metavar="RECIPE",
+                      help="instead of --model: run a whole PROFIT schedule from a recipe (a YAML file or a shipped "
+                           "name: tiny, quick, mobilenet_v2_w4a4_cifar10, mobilenet_v2_w4a4_imagenet, ...; see "
+                           "'profit-edu plan RECIPE'); only --out, --device, --data-root, --download, --batch-size, "
+                           "--seed, --restart and --progress combine with it")
+    p.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                   help="with --recipe: the ImageNet folder (train/ and val/), overriding the recipe's data.root")
     p.add_argument("--scale", choices=tuple(SCALES), default="tiny",
                    help="experiment size that sets the defaults below (see above; default: tiny)")
     p.add_argument("--dataset", choices=DATASETS, default=None,
@@ -253,6 +264,19 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_evaluate)
 
 
+def _add_plan_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "plan", help="print the phase timeline of a PROFIT recipe (a dry run)",
+        description=("Load a PROFIT recipe, check it, and print its phases: name, epochs, activation/weight bits, "
+                     "what trains, how many layers are frozen, and the learning rate. Nothing is trained."),
+        epilog="examples:\n  profit-edu plan mobilenet_v2_w4a4_imagenet\n  profit-edu plan my_recipe.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="a recipe file, or the name of a shipped recipe")
+    p.add_argument("--json", action="store_true", help="print the recipe and its phases as JSON")
+    p.set_defaults(handler=cmd_plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``profit-edu`` parser; each subcommand sets ``handler`` to the function that runs it."""
     parser = argparse.ArgumentParser(prog="profit-edu", description=DESCRIPTION,
@@ -262,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     _add_train_parser(commands)
     _add_evaluate_parser(commands)
+    _add_plan_parser(commands)
     return parser
 
 
@@ -383,6 +408,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .runtime import data_banner
     from .train import TrainConfig, fit
 
+    if args.recipe is not None:
+        return _train_recipe(args)
     s = _train_settings(args)
     device = _choose_device(args.device)
     fallback = s["dataset"] == "auto"
@@ -438,6 +465,80 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = history[-1]
     _say(f"done: test top-1 {last['val_top1']:.2f}% (EMA {last['ema_val_top1'] or float('nan'):.2f}%); "
          f"checkpoint in {out}")
+    return 0
+
+
+def _load_recipe(name: str) -> Any:
+    from . import profit
+
+    try:
+        return profit.load_recipe(name)
+    except (FileNotFoundError, profit.RecipeError) as err:
+        raise CLIError(str(err)) from err
+
+
+def _train_recipe(args: argparse.Namespace) -> int:
+    """Run ``profit-edu train --recipe RECIPE``: every phase of a PROFIT schedule, resumable phase by phase."""
+    import dataclasses
+
+    from . import profit
+
+    given = [flag for flag, value in (
+        ("--epochs", args.epochs), ("--lr", args.lr), ("--weight-bits", args.weight_bits),
+        ("--act-bits", args.act_bits), ("--warmup-epochs", args.warmup_epochs), ("--width-mult", args.width_mult),
+        ("--dataset", args.dataset), ("--init", args.init), ("--stem-stride", args.stem_stride),
+    ) if value is not None]
+    given += ["--ema-decay"] * (args.ema_decay is not BY_SCALE) + ["--negative-padding"] * args.negative_padding
+    if given:
+        raise CLIError(f"--recipe runs the recipe's own settings; {', '.join(given)} would contradict it: edit a copy "
+                       "of the recipe instead (profit-edu plan RECIPE shows what it does)")
+    recipe = _load_recipe(args.recipe)
+    data = recipe.data
+    if args.data_root is not None:
+        data = dataclasses.replace(data, root=str(args.data_root))
+    if args.batch_size is not None:
+        data = dataclasses.replace(data, batch_size=args.batch_size)
+    recipe = dataclasses.replace(recipe, data=data, seed=args.seed if "--seed" in args.argv else recipe.seed)
+    device = _choose_device(args.device)
+    torch.manual_seed(recipe.seed)  # the model's random initialisation
+    try:
+        model = profit.build_model(recipe)
+        teacher = profit.build_teacher(recipe)
+        train_loader, val_loader, what = profit.build_loaders(recipe, device=device, download=args.download)
+        _say(profit.format_plan(recipe))
+        _say(f"\ndata: {what}; device {device}; run directory {args.out}")
+
+        def report(phase: Any, epoch: int, r: dict[str, Any]) -> None:
+            ema = f", EMA top-1 {r['ema_val_top1']:.2f}%" if r["ema_val_top1"] is not None else ""
+            top1 = f", test top-1 {r['val_top1']:.2f}%" if r["val_top1"] is not None else ""
+            _say(f"{phase.name} epoch {epoch + 1}/{phase.epochs}: lr {r['lr']:.4g}, train loss {r['train_loss']:.4f}"
+                 f"{top1}{ema}, {len(r['frozen'])} frozen ({r['wall_s']:.1f} s)")
+
+        result = profit.run_recipe(recipe, model, train_loader, val_loader, out_dir=args.out, teacher=teacher,
+                                   device=device, progress=args.progress, resume=not args.restart, callback=report)
+    except profit.RecipeError as err:
+        raise CLIError(str(err)) from err
+    skipped = [p.phase.name for p in result.phases if p.skipped]
+    if skipped:
+        _say(f"skipped {len(skipped)} phases finished earlier: {', '.join(skipped)}")
+    if result.ranking:
+        top = ", ".join(f"{name} ({value:.3g})" for name, value in result.ranking[:5])
+        _say(f"AIWQ ranking (top 5 of {len(result.ranking)}): {top}; all in {args.out / 'aiwq_ranking.json'}")
+    last = result.phases[-1].history[-1]
+    _say(f"done: test top-1 {last['val_top1']:.2f}% (EMA {last['ema_val_top1'] or float('nan'):.2f}%); "
+         f"checkpoints in {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# plan
+# --------------------------------------------------------------------------------------------
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Run ``profit-edu plan``."""
+    from . import profit
+
+    recipe = _load_recipe(args.recipe)
+    _say(json.dumps(profit.plan_dict(recipe), indent=1) if args.json else profit.format_plan(recipe))
     return 0
 
 

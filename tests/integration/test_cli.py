@@ -92,7 +92,7 @@ def test_bad_train_arguments_exit_2_with_a_message(capsys, tmp_path, extra, mess
 
 def test_missing_and_unknown_model(capsys, tmp_path):
     status, _, err = run_cli(capsys, "train", "--out", str(tmp_path))
-    assert status == 2 and "the following arguments are required: --model" in err
+    assert status == 2 and "one of the arguments --model --recipe is required" in err
     status, _, err = run_cli(capsys, "train", "--model", "resnet50", "--out", str(tmp_path))
     assert status == 2 and "invalid choice: 'resnet50'" in err
 
@@ -179,3 +179,32 @@ def test_console_entry_point_runs_in_a_fresh_process():
     done = subprocess.run([sys.executable, "-m", "profit_edu.cli", "--version"], capture_output=True, text=True,
                           env=env, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == f"profit-edu {__version__}"
+
+
+def test_plan_prints_the_paper_timeline(capsys):
+    status, out, _ = run_cli(capsys, "plan", "mobilenet_v2_w4a4_imagenet")
+    assert status == 0 and "total: 22 phases, 200 epochs" in out
+    assert "17 of 52 (1/3)" in out and "34 of 52 (2/3)" in out
+    status, out, _ = run_cli(capsys, "plan", "tiny", "--json")
+    assert status == 0 and json.loads(out)["total_epochs"] == 11
+
+
+def test_plan_rejects_bad_recipes_with_the_line(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    from profit_edu.profit import RECIPE_DIR
+
+    bad.write_text((RECIPE_DIR / "tiny.yaml").read_text().replace("act_bits: [4]", "act_bits: [4, 8]"))
+    status, _, err = run_cli(capsys, "plan", str(bad))
+    assert status == 2 and "bad.yaml:" in err and "act_bits must go strictly down" in err
+    status, _, err = run_cli(capsys, "plan", "no_such_recipe")
+    assert status == 2 and "shipped recipes" in err
+
+
+@pytest.mark.slow
+def test_train_recipe_runs_and_resumes(capsys, tmp_path):
+    status, out, _ = run_cli(capsys, "train", "--recipe", "tiny", "--out", str(tmp_path), "--device", "cpu")
+    assert status == 0 and "w4_ft2 epoch 1/1" in out and "17 frozen" in out and "AIWQ ranking" in out
+    status, out, _ = run_cli(capsys, "train", "--recipe", "tiny", "--out", str(tmp_path), "--device", "cpu")
+    assert status == 0 and "skipped 10 phases" in out
+    status, _, err = run_cli(capsys, "train", "--recipe", "tiny", "--lr", "0.1", "--out", str(tmp_path))
+    assert status == 2 and "--lr would contradict it" in err

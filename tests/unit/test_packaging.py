@@ -3,10 +3,10 @@
 import importlib
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 import profit_edu
