@@ -87,3 +87,20 @@ def test_committed_ledger_lines_are_complete():
     for rec in ledger.read():
         missing = [k for k in ledger.REQUIRED_KEYS if k not in rec]
         assert not missing, f"ledger line {rec.get('id')} lacks {missing}"
+
+
+def test_readme_results_table_comes_from_the_ledger():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_table.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_readme_shows_the_two_commands_first():
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1]
+    commands = [line.split("#")[0].strip() for line in quick.split("```", 2)[1].splitlines()[1:] if line.strip()]
+    assert commands == ["make test", "make book"]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
