@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.profit-edu-installed
 PYTEST_ARGS ?=
 
-.PHONY: test book lint lock bench clean
+.PHONY: test book book-check lint lock bench clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,19 @@ lint: $(STAMP)
 test: lint
 	PROFIT_EDU_QUICK=1 $(PY) -m pytest $(PYTEST_ARGS)
 
+# The book is built from scratch (every chapter executed), strictly (-W: any warning fails), in quick mode,
+# with widget and MathJax scripts served from the book itself (book/_tools/fetch_offline_assets.py: npm
+# pack of pinned versions, cached in _build/offline-cache).
 book: $(STAMP)
-	rm -rf _build/html
-	PROFIT_EDU_QUICK=1 $(VENV)/bin/jupyter-book build -W -n --keep-going .
+	$(PY) book/_tools/fetch_offline_assets.py
+	$(PY) book/_tools/nbtool.py check
+	rm -rf _build/html _build/.doctrees _build/jupyter_execute
+	PROFIT_EDU_QUICK=1 $(VENV)/bin/jupyter-book build --all -W -n --keep-going .
 	test -f _build/html/index.html
+
+# Headless-browser check of the built book (needs chromium; screenshots go to _build/screenshots/).
+book-check: book
+	PROFIT_EDU_QUICK=1 PROFIT_EDU_BOOK_HTML=_build/html $(PY) -m pytest -q tests/book
 
 bench: $(STAMP)
 	$(PY) benchmarks/quantizer_overhead.py

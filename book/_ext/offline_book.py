@@ -1,0 +1,81 @@
+"""A small Sphinx extension that keeps the built book free of CDN requests.
+
+Three jobs, all about reading the book offline:
+
+1. At start-up, check that the widget and MathJax scripts named in ``nb_ipywidgets_js`` and
+   ``mathjax_path`` exist in ``html_static_path`` (``book/_tools/fetch_offline_assets.py`` puts them there);
+   stop with a clear message when they do not.
+2. Drop sphinx-thebe's two scripts from every page. Jupyter Book always loads sphinx-thebe, which writes
+   a CDN address (unpkg) into each page even though this book has no Thebe button.
+3. After the build, scan every HTML page for CDN hosts and warn for each one found (``-W`` makes that an
+   error), so a new extension that reaches for a CDN cannot slip in unnoticed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from sphinx.application import Sphinx
+from sphinx.errors import ExtensionError
+from sphinx.util import logging
+
+logger = logging.getLogger(__name__)
+
+#: Hosts that must not appear in a built page.
+CDN_PATTERN = re.compile(r"https?://(?:unpkg\.com|cdn\.jsdelivr\.net|cdnjs\.cloudflare\.com|ajax\.googleapis\.com)"
+                         r"[^\"'\s<>)]*")
+
+
+def _static_file(app: Sphinx, rel: str) -> Path | None:
+    for base in app.config.html_static_path:
+        candidate = Path(app.confdir, base, rel)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def check_assets(app: Sphinx) -> None:
+    if app.builder.format != "html":
+        return
+    wanted = [str(k) for k in (getattr(app.config, "nb_ipywidgets_js", None) or {})]
+    if app.config.mathjax_path:
+        wanted.append(str(app.config.mathjax_path))
+    missing = [w for w in wanted if "://" in w or _static_file(app, w) is None]
+    if missing:
+        raise ExtensionError(
+            f"offline book: {missing} are not files in html_static_path {app.config.html_static_path}. "
+            "Run `python book/_tools/fetch_offline_assets.py` (make book does) to fetch them."
+        )
+
+
+def drop_thebe(app: Sphinx, pagename: str, templatename: str, context: dict[str, Any], doctree: Any) -> None:
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    kept = []
+    for js in scripts:
+        filename = str(js)
+        body = getattr(js, "attributes", {}).get("body", "") if hasattr(js, "attributes") else ""
+        if "sphinx-thebe" in filename or "THEBE_JS_URL" in (body or ""):
+            continue
+        kept.append(js)
+    context["script_files"] = kept
+
+
+def scan_pages(app: Sphinx, exception: Exception | None) -> None:
+    if exception is not None or app.builder.format != "html":
+        return
+    outdir = Path(app.outdir)
+    for page in sorted(outdir.rglob("*.html")):
+        hits = sorted(set(CDN_PATTERN.findall(page.read_text(encoding="utf-8", errors="replace"))))
+        for url in hits:
+            logger.warning("offline book: %s references the CDN address %s", page.relative_to(outdir), url)
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("builder-inited", check_assets)
+    app.connect("html-page-context", drop_thebe, priority=900)
+    app.connect("build-finished", scan_pages)
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,378 @@
+"""Automatic checks for the book's exercises and the assignments.
+
+Each ``check_*`` function takes the student's function (or answer), compares it with an independent
+reference on a few fixed inputs, and either returns ``True`` or raises ``AssertionError`` with a message
+that says what went wrong and where to look. Autograders call them directly; notebooks wrap them in
+:func:`report`, which prints the verdict instead of stopping the notebook.
+
+The references are written here from their definitions (plain torch, or the library's own functions
+where the exercise is to re-derive them), so a check never trusts the student's code to grade itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import quant
+
+__all__ = [
+    "check_border_fraction",
+    "check_depthwise_macs",
+    "check_duq_grad_a",
+    "check_hswish",
+    "check_ledger_lookup",
+    "check_levels_per_channel",
+    "check_lsq_step_init",
+    "check_negative_padding_conv",
+    "check_pact_alpha_grad",
+    "check_quick_mode_rule",
+    "check_round_ste",
+    "check_signed_levels",
+    "check_storage_bytes",
+    "check_uniform_quantizer",
+    "report",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+def report(check: Callable[..., bool], *args: Any, **kwargs: Any) -> None:
+    """Run ``check(*args, **kwargs)`` and print the verdict instead of raising.
+
+    A notebook cell can call this on an unfinished exercise without stopping the notebook. (Autograders
+    call the ``check_*`` functions directly: they return True or raise ``AssertionError``.)
+
+    >>> report(check_signed_levels, lambda bits: 2**bits - 1)
+    Correct: check_signed_levels passed.
+    """
+    name = getattr(check, "__name__", "check")
+    try:
+        check(*args, **kwargs)
+    except AssertionError as err:
+        print(textwrap.fill(f"Not yet ({name}): {err}", width=88, subsequent_indent="    "))
+        return
+    except NotImplementedError:
+        print(f"Not yet ({name}): the function still raises NotImplementedError; fill it in.")
+        return
+    print(f"Correct: {name} passed.")
+
+
+def _call(fn: Callable[..., Any], *args: Any, what: str) -> Any:
+    """Call the student's function; turn a crash into an AssertionError that names the inputs."""
+    if not callable(fn):
+        raise AssertionError(f"expected a function for {what}, got {type(fn).__name__}")
+    try:
+        return fn(*args)
+    except (NotImplementedError, AssertionError):
+        raise
+    except Exception as err:  # the student's code may raise anything; report it with its inputs
+        raise AssertionError(f"{what} raised {type(err).__name__}: {err}") from err
+
+
+def _as_tensor(value: Any, what: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except Exception as err:
+        raise AssertionError(f"{what} should return a tensor (or numbers), got {type(value).__name__}") from err
+
+
+def _close(got: Tensor, want: Tensor, what: str, *, atol: float = 1e-6, rtol: float = 1e-5) -> None:
+    if tuple(got.shape) != tuple(want.shape):
+        raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    got64, want64 = got.detach().double(), want.detach().double()
+    bad = ~torch.isclose(got64, want64, atol=atol, rtol=rtol)
+    if bool(bad.any()):
+        i = int(bad.reshape(-1).nonzero()[0])
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.numel()} values differ; first at flat index {i}: "
+            f"got {float(got64.reshape(-1)[i]):.6g}, expected {float(want64.reshape(-1)[i]):.6g}"
+        )
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise AssertionError(f"{what} should be one number, got a tensor of shape {tuple(value.shape)}")
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AssertionError(f"{what} should be a number, got {type(value).__name__}")
+    return float(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 0: the ledger
+# --------------------------------------------------------------------------------------------
+_EXAMPLE_LEDGER = [
+    {"id": "ex-1", "model": "mobilenet_v2", "method": "duq", "weight_bits": 4, "act_bits": 4, "seed": 0,
+     "metric": "top1", "value": 11.0, "command": "example one"},
+    {"id": "ex-2", "model": "mobilenet_v2", "method": "pact", "weight_bits": 4, "act_bits": 4, "seed": 0,
+     "metric": "top1", "value": 22.0, "command": "example two"},
+    {"id": "ex-3", "model": "mobilenet_v2", "method": "duq", "weight_bits": 3, "act_bits": 3, "seed": 0,
+     "metric": "top1", "value": 33.0, "command": "example three"},
+    {"id": "ex-4", "model": "mobilenet_v1", "method": "duq", "weight_bits": 4, "act_bits": 4, "seed": 0,
+     "metric": "top1", "value": 44.0, "command": "example four"},
+]
+
+
+def check_ledger_lookup(fn: Callable[[list[str], dict[str, Any]], tuple[float, str]]) -> bool:
+    """Check ``fn(lines, query) -> (value, command)``: the one ledger line whose fields match ``query``.
+
+    ``lines`` are JSON strings (one ledger line each); ``query`` maps field names to wanted values.
+    The test lines are made up for the exercise (their values are labels, not results).
+    """
+    lines = [json.dumps(r) for r in _EXAMPLE_LEDGER]
+    cases = [
+        ({"method": "pact"}, (22.0, "example two")),
+        ({"method": "duq", "weight_bits": 3}, (33.0, "example three")),
+        ({"model": "mobilenet_v1"}, (44.0, "example four")),
+    ]
+    for query, (value, command) in cases:
+        got = _call(fn, list(lines), dict(query), what=f"fn(lines, {query})")
+        if not isinstance(got, tuple | list) or len(got) != 2:
+            raise AssertionError(f"fn(lines, {query}) should return (value, command), got {got!r}")
+        if _number(got[0], "value") != value or got[1] != command:
+            raise AssertionError(f"fn(lines, {query}) returned {tuple(got)!r}, expected {(value, command)!r}")
+    return True
+
+
+def check_quick_mode_rule(fn: Callable[[str | None, bool], bool]) -> bool:
+    """Check ``fn(value, has_gpu) -> bool``: the book's quick-mode rule for ``PROFIT_EDU_QUICK=value``.
+
+    "1" means quick, "0" means full, and unset (None) or empty means quick unless there is a GPU.
+    """
+    cases = [("1", False, True), ("1", True, True), ("0", False, False), ("0", True, False),
+             (None, False, True), (None, True, False), ("", False, True), ("", True, False)]
+    for value, gpu, want in cases:
+        got = _call(fn, value, gpu, what=f"fn({value!r}, has_gpu={gpu})")
+        if not isinstance(got, bool):
+            raise AssertionError(f"fn({value!r}, has_gpu={gpu}) should return True or False, got {got!r}")
+        if got != want:
+            raise AssertionError(f"fn({value!r}, has_gpu={gpu}) = {got}, expected {want}")
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 1: bits, memory, MACs, depthwise layers
+# --------------------------------------------------------------------------------------------
+def check_storage_bytes(fn: Callable[[int, int], int]) -> bool:
+    """Check ``fn(num_weights, bits) -> bytes``: packed storage, ``ceil(num_weights * bits / 8)``."""
+    for n, b in [(1, 4), (8, 3), (3_504_872, 4), (3_504_872, 3), (10, 32), (7, 2), (0, 4)]:
+        got = _number(_call(fn, n, b, what=f"fn({n}, {b})"), f"fn({n}, {b})")
+        want = math.ceil(n * b / 8)
+        if got != want:
+            hint = " (round up: a partly used byte still has to be stored)" if got == n * b / 8 else ""
+            raise AssertionError(f"fn({n}, {b}) = {got:g}, expected {want}{hint}")
+    return True
+
+
+def check_depthwise_macs(fn: Callable[[int, int, int, int, int], tuple[int, int]]) -> bool:
+    """Check ``fn(c_in, c_out, h, w, k) -> (depthwise_macs, pointwise_macs)`` for a stride-1 'same' layer.
+
+    Depthwise k x k over c_in channels: c_in * h * w * k * k. Pointwise 1x1 from c_in to c_out:
+    c_in * c_out * h * w.
+    """
+    for c_in, c_out, h, w, k in [(32, 64, 112, 112, 3), (96, 24, 56, 56, 3), (960, 160, 7, 7, 5), (1, 1, 1, 1, 1)]:
+        got = _call(fn, c_in, c_out, h, w, k, what=f"fn({c_in}, {c_out}, {h}, {w}, {k})")
+        if not isinstance(got, tuple | list) or len(got) != 2:
+            raise AssertionError(f"fn should return a pair (depthwise, pointwise), got {got!r}")
+        dw, pw = c_in * h * w * k * k, c_in * c_out * h * w
+        got_dw, got_pw = _number(got[0], "depthwise MACs"), _number(got[1], "pointwise MACs")
+        if got_dw != dw:
+            raise AssertionError(
+                f"depthwise MACs for c_in={c_in}, h={h}, w={w}, k={k}: got {got_dw:g}, expected {dw} "
+                "(each output pixel of each channel needs k*k multiply-adds; c_out plays no part)"
+            )
+        if got_pw != pw:
+            raise AssertionError(f"pointwise MACs for c_in={c_in}, c_out={c_out}, h={h}, w={w}: got {got_pw:g}, "
+                                 f"expected {pw}")
+    return True
+
+
+def _levels_per_channel_reference(weight: Tensor, bits: int) -> Tensor:
+    codes = quant.duq_codes(weight, weight.detach().abs().max(), bits, "signed")
+    return torch.tensor([int(torch.unique(codes[i]).numel()) for i in range(codes.shape[0])])
+
+
+def check_levels_per_channel(fn: Callable[[Tensor, int], Tensor]) -> bool:
+    """Check ``fn(weight, bits) -> (C_out,) int tensor``: distinct signed levels each output channel uses.
+
+    The grid is DuQ's per-tensor signed grid with clip ``a = max|W|`` over the whole tensor (so the largest
+    weight of the layer maps to the top code), codes ``-(2**(bits-1)-1) .. 2**(bits-1)-1``.
+    """
+    gen = torch.Generator().manual_seed(1)
+    scales = torch.logspace(-2, 0, 8).reshape(8, 1, 1, 1)
+    weight = torch.randn(8, 1, 3, 3, generator=gen) * scales  # channels with very different ranges
+    for bits in (2, 3, 4):
+        got = _as_tensor(_call(fn, weight.clone(), bits, what=f"fn(weight, {bits})"), "fn")
+        want = _levels_per_channel_reference(weight, bits)
+        if tuple(got.shape) != tuple(want.shape):
+            raise AssertionError(f"fn(weight, {bits}) should have one count per output channel, shape "
+                                 f"{tuple(want.shape)}, got {tuple(got.shape)}")
+        if not torch.equal(got.long(), want):
+            raise AssertionError(
+                f"fn(weight, {bits}) = {got.tolist()}, expected {want.tolist()}. Use one clip for the whole "
+                "tensor (a = max|W|), round w / a * K with K = 2**(bits-1) - 1, and count distinct codes per channel."
+            )
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 2: uniform quantization and the straight-through estimator
+# --------------------------------------------------------------------------------------------
+def check_uniform_quantizer(fn: Callable[[Tensor, int, float], Tensor]) -> bool:
+    """Check ``fn(x, bits, clip) -> y``: unsigned uniform quantization with ``2**bits`` levels on [0, clip].
+
+    Reference: ``y = round(clamp(x / clip, 0, 1) * K) / K * clip`` with ``K = 2**bits - 1``.
+    Inputs avoid rounding ties, so any order of the same operations passes.
+    """
+    gen = torch.Generator().manual_seed(2)
+    x = torch.cat([torch.linspace(-1.0, 3.0, 401) + 1e-4, torch.randn(200, generator=gen)])
+    for bits, clip in [(2, 1.0), (3, 2.0), (4, 1.5), (8, 2.5)]:
+        got = _as_tensor(_call(fn, x.clone(), bits, clip, what=f"fn(x, {bits}, {clip})"), "fn")
+        k = 2**bits - 1
+        want = torch.round(torch.clamp(x / clip, 0, 1) * k) / k * clip
+        if got.shape == want.shape:
+            if float(got.detach().max()) > clip + 1e-6 or float(got.detach().min()) < -1e-6:
+                raise AssertionError(f"fn(x, {bits}, {clip}) leaves [0, {clip}]; clip before rounding.")
+            levels = torch.unique(got.detach()).numel()
+            if levels > k + 1:
+                raise AssertionError(f"fn(x, {bits}, {clip}) takes {levels} distinct values; a {bits}-bit grid has "
+                                     f"at most {k + 1} (K = 2**bits - 1 steps). Did you round?")
+        _close(got, want, f"fn(x, bits={bits}, clip={clip})")
+    return True
+
+
+def check_round_ste(fn: Callable[[Tensor], Tensor]) -> bool:
+    """Check ``fn(x)``: rounds in the forward pass and passes the gradient through unchanged (STE)."""
+    x = torch.tensor([-1.7, -0.2, 0.3, 0.9, 2.6, 4.49], requires_grad=True)
+    y = _as_tensor(_call(fn, x, what="fn(x)"), "fn")
+    _close(y, torch.round(x.detach()), "forward pass of fn (should equal torch.round)")
+    if not y.requires_grad:
+        raise AssertionError("fn(x) is cut off from the graph (no gradient). Use x + (round(x) - x).detach().")
+    (y * torch.arange(1.0, 7.0)).sum().backward()
+    if x.grad is None:
+        raise AssertionError("no gradient reached x")
+    _close(x.grad, torch.arange(1.0, 7.0), "gradient of fn (STE: d round(x)/dx is taken as 1)")
+    return True
+
+
+def check_signed_levels(fn: Callable[[int], int]) -> bool:
+    """Check ``fn(bits) -> int``: how many levels DuQ's symmetric signed grid has (codes -m..m, m = 2**(b-1)-1)."""
+    for bits in range(2, 9):
+        got = _number(_call(fn, bits, what=f"fn({bits})"), f"fn({bits})")
+        lo, hi = quant.code_range(bits, "signed")
+        want = hi - lo + 1
+        if got != want:
+            hint = " (the symmetric grid leaves code -2**(bits-1) unused)" if got == 2**bits else ""
+            raise AssertionError(f"fn({bits}) = {got:g}, expected {want}{hint}")
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 3: learnable quantizers
+# --------------------------------------------------------------------------------------------
+def check_pact_alpha_grad(fn: Callable[[Tensor, float, int], Tensor]) -> bool:
+    """Check ``fn(x, alpha, bits) -> dy/dalpha`` per element for unsigned PACT (against autograd)."""
+    x = torch.linspace(-1.0, 3.0, 81) + 1e-3
+    for alpha, bits in [(1.0, 2), (2.0, 4)]:
+        a = torch.tensor(alpha, requires_grad=True)
+        want = torch.stack([torch.autograd.grad(quant.pact(xi.reshape(1), a, bits).sum(), a)[0] for xi in x])
+        got = _as_tensor(_call(fn, x.clone(), alpha, bits, what=f"fn(x, {alpha}, {bits})"), "fn")
+        _close(got, want, f"dy/dalpha for PACT with alpha={alpha}, bits={bits} (1 at or above alpha, else 0)")
+    return True
+
+
+def check_duq_grad_a(fn: Callable[[Tensor, float, float, int], Tensor]) -> bool:
+    """Check ``fn(x, a, c, bits) -> dy/da`` per element for unsigned DuQ (against autograd)."""
+    x = torch.linspace(-0.5, 2.5, 61) + 1e-3
+    for a_val, c_val, bits in [(1.0, 1.0, 2), (2.0, 0.5, 4), (1.5, 3.0, 3)]:
+        a = torch.tensor(a_val, requires_grad=True)
+        c = torch.tensor(c_val)
+        want = torch.stack([torch.autograd.grad(quant.duq(xi.reshape(1), a, c, bits, "unsigned").sum(), a)[0]
+                            for xi in x])
+        got = _as_tensor(_call(fn, x.clone(), a_val, c_val, bits, what=f"fn(x, {a_val}, {c_val}, {bits})"), "fn")
+        _close(got, want, f"dy/da for DuQ with a={a_val}, c={c_val}, bits={bits} (-c x / a^2 in range, 0 when clipped)",
+               atol=1e-5)
+    return True
+
+
+def check_lsq_step_init(fn: Callable[[Tensor, int], float]) -> bool:
+    """Check ``fn(x, bits) -> s``: LSQ's initial step for a signed tensor, ``2 * mean|x| / sqrt(Qp)``."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1000, generator=gen) * 0.1
+    for bits in (2, 3, 4, 8):
+        qp = 2 ** (bits - 1) - 1
+        want = 2.0 * float(x.abs().mean()) / math.sqrt(qp)
+        got = _number(_call(fn, x.clone(), bits, what=f"fn(x, {bits})"), f"fn(x, {bits})")
+        if not math.isclose(got, want, rel_tol=1e-5):
+            raise AssertionError(f"fn(x, {bits}) = {got:.6g}, expected {want:.6g} (Qp = 2**(bits-1) - 1 = {qp} for "
+                                 "signed data)")
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 4: h-swish and negative padding
+# --------------------------------------------------------------------------------------------
+def check_hswish(fn: Callable[[Tensor], Tensor]) -> bool:
+    """Check ``fn(x)``: h-swish, ``x * relu6(x + 3) / 6``, including its minimum -3/8 at x = -1.5."""
+    x = torch.linspace(-6.0, 6.0, 241)
+    got = _as_tensor(_call(fn, x.clone(), what="fn(x)"), "fn")
+    _close(got, F.hardswish(x), "h-swish")
+    got_min = float(_as_tensor(_call(fn, torch.tensor([-1.5]), what="fn(-1.5)"), "fn").reshape(-1)[0])
+    if not math.isclose(got_min, -quant.HSWISH_OFFSET, abs_tol=1e-7):
+        raise AssertionError(f"fn(-1.5) = {got_min}, expected -3/8 (h-swish's minimum)")
+    return True
+
+
+def check_negative_padding_conv(fn: Callable[[Tensor, Tensor, float], Tensor]) -> bool:
+    """Check ``fn(codes, weight, step) -> out``: the integer route to a conv over -3/8-padded h-swish values.
+
+    ``codes`` (N, C, H, W) int64 in 0..2**b-1 encode ``y = step * codes - 3/8``; ``weight`` (C, 1, k, k)
+    float64 is a depthwise kernel with padding (k-1)//2. The answer must equal
+    ``conv2d(pad(y, value=-3/8), weight)`` (within float64 rounding), computed from the integer codes with
+    *zero* padding plus one correction per output channel.
+    """
+    gen = torch.Generator().manual_seed(4)
+    for k, step in [(3, 0.0625), (5, 0.1)]:
+        codes = torch.randint(0, 16, (2, 3, 7, 7), generator=gen)
+        weight = torch.randn(3, 1, k, k, generator=gen, dtype=torch.float64)
+        p = (k - 1) // 2
+        y = step * codes.double() - quant.HSWISH_OFFSET
+        want = F.conv2d(F.pad(y, (p, p, p, p), value=-quant.HSWISH_OFFSET), weight, groups=3)
+        got = _as_tensor(_call(fn, codes.clone(), weight.clone(), step, what=f"fn(codes, weight k={k}, step={step})"),
+                         "fn")
+        if tuple(got.shape) == tuple(want.shape):
+            zero_pad = F.conv2d(y, weight, padding=p, groups=3)
+            if torch.allclose(got.double(), zero_pad) and not torch.allclose(zero_pad, want):
+                raise AssertionError("fn matches the conv of real values with *zero* padding, which is wrong at the "
+                                     "border: code 0 means -3/8, so subtract 3/8 * sum(w) at every pixel instead.")
+        _close(got, want, f"negative-padding conv (k={k}, step={step})", atol=1e-9, rtol=1e-9)
+    return True
+
+
+def _border_fraction_reference(h: int, w: int, k: int) -> float:
+    p = (k - 1) // 2
+    interior = max(h - 2 * p, 0) * max(w - 2 * p, 0)
+    return 1.0 - interior / (h * w)
+
+
+def check_border_fraction(fn: Callable[[int, int, int], float]) -> bool:
+    """Check ``fn(h, w, k) -> fraction``: output pixels of a stride-1 'same' k x k conv that read padding."""
+    for h, w, k in [(7, 7, 3), (7, 7, 5), (14, 14, 3), (112, 112, 3), (3, 3, 5), (10, 4, 3), (8, 8, 1)]:
+        got = _number(_call(fn, h, w, k, what=f"fn({h}, {w}, {k})"), f"fn({h}, {w}, {k})")
+        want = _border_fraction_reference(h, w, k)
+        if not math.isclose(got, want, abs_tol=1e-9):
+            raise AssertionError(f"fn({h}, {w}, {k}) = {got:.6g}, expected {want:.6g}. A pixel reads padding when it "
+                                 f"is within (k-1)//2 = {(k - 1) // 2} pixels of an edge.")
+    return True

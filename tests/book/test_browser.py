@@ -1,0 +1,130 @@
+"""The built book in a headless browser, offline: widgets, the flipbook, math and the Colab links render.
+
+Which book is opened:
+
+* ``PROFIT_EDU_BOOK_HTML=<dir>`` (``make book-check`` sets it to ``_build/html``): that build;
+* otherwise a strict build made here from the chapters executed by ``tests/notebooks/test_chapters.py``
+  (executed now if that test did not run in this process), with execution switched off: about half a
+  minute on top of the chapter runs, instead of executing every chapter a second time.
+
+Chromium runs with no network features (``--disable-background-networking`` etc.) and loads the pages from
+disk, so anything fetched from a CDN would be missing. Screenshots go to ``_build/screenshots/``.
+The test skips, saying why, when no Chromium binary exists (Debian: ``apt-get install chromium``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "book" / "_tools"))
+import chapter_runner  # noqa: E402
+import nbtool  # noqa: E402
+
+SCREENSHOTS = ROOT / "_build" / "screenshots"
+CDN = re.compile(r"https?://(?:unpkg\.com|cdn\.jsdelivr\.net|cdnjs\.cloudflare\.com)")
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def _browser() -> str | None:
+    for name in BROWSERS:
+        found = shutil.which(name)
+        if found:
+            return found
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+BROWSER = _browser()
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(BROWSER is None, reason="no Chromium binary on PATH (install Debian's `chromium`)"),
+]
+
+
+@pytest.fixture(scope="session")
+def book_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    given = os.environ.get("PROFIT_EDU_BOOK_HTML")
+    if given:
+        html = Path(given).resolve()
+        if not (html / "index.html").exists():
+            pytest.fail(f"PROFIT_EDU_BOOK_HTML={given} holds no built book (index.html); run `make book` first")
+        return html
+    if subprocess.run([sys.executable, str(ROOT / "book" / "_tools" / "fetch_offline_assets.py")],
+                      capture_output=True).returncode != 0:
+        pytest.skip("the offline widget/MathJax scripts could not be fetched (npm unavailable?): "
+                    "run `python book/_tools/fetch_offline_assets.py` once with access to the npm registry")
+    executed = {p.name: chapter_runner.execute_chapter(p).path for p in chapter_runner.chapters()}
+    return chapter_runner.build_from_executed(tmp_path_factory.mktemp("book"), executed)
+
+
+def _run(args: list[str], timeout: int = 120) -> str:
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={profile}", *args]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"chromium failed ({result.returncode}): {result.stderr[-2000:]}")
+    return result.stdout
+
+
+def dom(page: Path) -> str:
+    """The page's DOM after its scripts ran (10 s of virtual time: widgets and MathJax render)."""
+    return _run(["--virtual-time-budget=10000", "--dump-dom", page.as_uri()])
+
+
+def screenshot(page: Path, name: str, height: int = 4000) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    out = SCREENSHOTS / f"{name}.png"
+    _run(["--virtual-time-budget=10000", f"--window-size=1280,{height}", f"--screenshot={out}", page.as_uri()])
+    assert out.exists() and out.stat().st_size > 10_000, f"no screenshot written for {page}"
+    return out
+
+
+CHAPTERS = [p.stem for p in nbtool.chapters()]
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_chapter_page_has_colab_link_and_no_cdn(book_html: Path, stem: str) -> None:
+    page = book_html / "book" / f"{stem}.html"
+    assert page.exists(), f"{page} was not built"
+    raw = page.read_text()
+    assert not CDN.search(raw), f"{page.name} references a CDN: {CDN.search(raw).group(0)}"
+    url, branch = nbtool.repository()
+    colab = f"https://colab.research.google.com/github/{url.split('github.com/')[1]}/blob/{branch}/book/{stem}.ipynb"
+    rendered = dom(page)
+    assert colab in rendered, f"{page.name} shows no Colab link to {colab}"
+    screenshot(page, stem)
+
+
+def test_widget_slider_renders_offline(book_html: Path) -> None:
+    page = book_html / "book" / "03_learnable_quantizers.html"
+    raw = page.read_text()
+    assert "application/vnd.jupyter.widget-state+json" in raw, "the page embeds no widget state"
+    assert "widget-slider" not in raw  # so the slider below was made by the html-manager, in the browser
+    rendered = dom(page)
+    assert re.search(r'class="[^"]*widget-slider', rendered), "the ipywidgets slider did not render"
+    assert re.search(r'class="[^"]*widget-image', rendered), "the image under the slider did not render"
+    assert "LinkModel" in raw, "the slider is not linked to the pictures in the browser (jslink)"
+
+
+def test_flipbook_renders_without_a_kernel(book_html: Path) -> None:
+    page = book_html / "book" / "02_uniform_quantization.html"
+    rendered = dom(page)
+    assert 'class="anim-slider"' in rendered, "the flipbook's slider is missing"
+    assert re.search(r'<img id="_anim_img\w*"[^>]*src="data:image/png;base64,', rendered), "no flipbook frame"
+    assert rendered.count("anim-buttons") >= 1
+    screenshot(page, "02_uniform_quantization_full", height=9000)
+
+
+def test_math_renders_offline(book_html: Path) -> None:
+    rendered = dom(book_html / "book" / "02_uniform_quantization.html")
+    assert "<mjx-container" in rendered, "MathJax (served by the book) did not typeset the formulas"

@@ -1,0 +1,178 @@
+"""profit_edu.checks: every check passes a right answer and fails wrong ones with a helpful message."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from profit_edu import checks
+from profit_edu.quant import HSWISH_OFFSET
+
+# --------------------------------------------------------------------------------------------
+# Right answers (written independently of the checks' references)
+# --------------------------------------------------------------------------------------------
+
+
+def ledger_lookup(lines, query):
+    rows = [json.loads(line) for line in lines]
+    (hit,) = [r for r in rows if all(r.get(k) == v for k, v in query.items())]
+    return hit["value"], hit["command"]
+
+
+def quick_rule(value, has_gpu):
+    return {"1": True, "0": False}.get(value or "", not has_gpu)
+
+
+def storage_bytes(n, bits):
+    return (n * bits + 7) // 8
+
+
+def dw_pw(c_in, c_out, h, w, k):
+    return c_in * h * w * k * k, c_in * c_out * h * w
+
+
+def levels_used(weight, bits):
+    k = 2 ** (bits - 1) - 1
+    codes = torch.round(torch.clamp(weight / weight.abs().max() * k, -k, k))
+    return torch.tensor([len(set(codes[i].flatten().tolist())) for i in range(weight.shape[0])])
+
+
+def uniform(x, bits, clip):
+    k = 2**bits - 1
+    return torch.round(torch.clamp(x / clip, 0, 1) * k) / k * clip
+
+
+def round_ste(x):
+    return x + (torch.round(x) - x).detach()
+
+
+def pact_alpha_grad(x, alpha, bits):
+    return (x >= alpha).float()
+
+
+def duq_grad_a(x, a, c, bits):
+    return torch.where((x > 0) & (x < a), -c * x / a**2, torch.zeros_like(x))
+
+
+def lsq_init(x, bits):
+    return 2 * x.abs().mean().item() / math.sqrt(2 ** (bits - 1) - 1)
+
+
+def hswish(x):
+    return x * F.relu6(x + 3) / 6
+
+
+def int_route(codes, weight, step):
+    p, ch = weight.shape[-1] // 2, weight.shape[0]
+    acc = F.conv2d(codes.double(), weight, padding=p, groups=ch)
+    return step * acc - HSWISH_OFFSET * weight.sum(dim=(1, 2, 3)).view(1, ch, 1, 1)
+
+
+def border_fraction(h, w, k):
+    p = k // 2
+    return 1 - max(h - 2 * p, 0) * max(w - 2 * p, 0) / (h * w)
+
+
+RIGHT = [
+    (checks.check_ledger_lookup, ledger_lookup),
+    (checks.check_quick_mode_rule, quick_rule),
+    (checks.check_storage_bytes, storage_bytes),
+    (checks.check_depthwise_macs, dw_pw),
+    (checks.check_levels_per_channel, levels_used),
+    (checks.check_uniform_quantizer, uniform),
+    (checks.check_round_ste, round_ste),
+    (checks.check_signed_levels, lambda b: 2**b - 1),
+    (checks.check_pact_alpha_grad, pact_alpha_grad),
+    (checks.check_duq_grad_a, duq_grad_a),
+    (checks.check_lsq_step_init, lsq_init),
+    (checks.check_hswish, hswish),
+    (checks.check_negative_padding_conv, int_route),
+    (checks.check_border_fraction, border_fraction),
+]
+
+
+@pytest.mark.parametrize(("check", "answer"), RIGHT, ids=[c.__name__ for c, _ in RIGHT])
+def test_right_answer_passes(check, answer) -> None:
+    assert check(answer) is True
+
+
+# --------------------------------------------------------------------------------------------
+# Wrong answers, each with the words its message must contain
+# --------------------------------------------------------------------------------------------
+WRONG = [
+    (checks.check_ledger_lookup, lambda lines, q: (json.loads(lines[0])["value"], "x"), "returned"),
+    (checks.check_ledger_lookup, lambda lines, q: 1.0, "should return (value, command)"),
+    (checks.check_quick_mode_rule, lambda v, g: v == "1", "expected"),
+    (checks.check_quick_mode_rule, lambda v, g: "yes", "True or False"),
+    (checks.check_storage_bytes, lambda n, b: n * b / 8, "round up"),
+    (checks.check_storage_bytes, lambda n, b: n * b, "expected"),
+    (checks.check_depthwise_macs, lambda ci, co, h, w, k: (ci * co * h * w * k * k, ci * co * h * w),
+     "c_out plays no part"),
+    (checks.check_depthwise_macs, lambda ci, co, h, w, k: 0, "pair"),
+    (checks.check_levels_per_channel, lambda w, b: torch.full((w.shape[0],), 2**b - 1), "one clip for the whole"),
+    (checks.check_levels_per_channel, lambda w, b: torch.ones(3), "one count per output channel"),
+    (checks.check_uniform_quantizer, lambda x, b, c: x, "leaves [0, 1.0]"),
+    (checks.check_uniform_quantizer, lambda x, b, c: torch.clamp(x, 0, c), "distinct values"),
+    (checks.check_uniform_quantizer, lambda x, b, c: torch.round(x * (2**b - 1) / c) / (2**b - 1) * c, "clip"),
+    (checks.check_uniform_quantizer, lambda x, b, c: torch.round(torch.clamp(x / c, 0, 1) * 2**b) / 2**b * c,
+     "at most 4"),
+    (checks.check_uniform_quantizer,
+     lambda x, b, c: torch.floor(torch.clamp(x / c, 0, 1) * (2**b - 1)) / (2**b - 1) * c, "differ"),
+    (checks.check_round_ste, torch.round, "gradient"),
+    (checks.check_round_ste, lambda x: torch.round(x.detach()), "cut off from the graph"),
+    (checks.check_round_ste, lambda x: x, "forward pass"),
+    (checks.check_signed_levels, lambda b: 2**b, "unused"),
+    (checks.check_signed_levels, lambda b: "15", "should be a number"),
+    (checks.check_pact_alpha_grad, lambda x, a, b: torch.zeros_like(x), "dy/dalpha"),
+    (checks.check_duq_grad_a, lambda x, a, c, b: -c * x / a**2, "dy/da"),
+    (checks.check_lsq_step_init, lambda x, b: 2 * x.abs().mean().item() / math.sqrt(2**b - 1), "Qp"),
+    (checks.check_hswish, F.relu, "h-swish"),
+    (checks.check_hswish, lambda x: F.hardswish(x) + 0.0 * x if x.numel() > 1 else x * 0, "minimum"),
+    (checks.check_negative_padding_conv,
+     lambda k, w, s: F.conv2d(s * k.double() - HSWISH_OFFSET, w, padding=w.shape[-1] // 2, groups=w.shape[0]),
+     "zero* padding"),
+    (checks.check_negative_padding_conv, lambda k, w, s: torch.zeros(1), "shape"),
+    (checks.check_border_fraction, lambda h, w, k: 0.0, "within"),
+    (checks.check_border_fraction, lambda h, w, k: 4 * (k // 2) / h, "expected"),
+]
+
+
+@pytest.mark.parametrize(("check", "answer", "words"), WRONG,
+                         ids=[f"{c.__name__}-{i}" for i, (c, _, _) in enumerate(WRONG)])
+def test_wrong_answer_fails_with_a_hint(check, answer, words: str) -> None:
+    with pytest.raises(AssertionError, match=re.escape(words)):
+        check(answer)
+
+
+def test_crashing_answer_is_reported_with_its_inputs() -> None:
+    def broken(x, bits, clip):
+        raise KeyError("oops")
+
+    with pytest.raises(AssertionError, match=r"fn\(x, 2, 1.0\) raised KeyError"):
+        checks.check_uniform_quantizer(broken)
+    with pytest.raises(AssertionError, match="expected a function"):
+        checks.check_uniform_quantizer(42)
+
+
+def test_report_prints_instead_of_raising(capsys: pytest.CaptureFixture[str]) -> None:
+    assert checks.report(checks.check_signed_levels, lambda b: 2**b - 1) is None
+    assert capsys.readouterr().out.startswith("Correct: check_signed_levels passed.")
+    checks.report(checks.check_signed_levels, lambda b: 2**b)
+    assert capsys.readouterr().out.startswith("Not yet (check_signed_levels): fn(2) = 4, expected 3")
+
+    def todo(bits):
+        raise NotImplementedError
+
+    checks.report(checks.check_signed_levels, todo)
+    assert "NotImplementedError" in capsys.readouterr().out
+
+
+def test_every_public_check_is_tested() -> None:
+    tested = {c.__name__ for c, _ in RIGHT}
+    public = {n for n in checks.__all__ if n.startswith("check_")}
+    assert public == tested
