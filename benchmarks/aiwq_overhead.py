@@ -25,30 +25,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import interleaved, ratio_stats
+from timing import interleaved, ratio_stats, sgd_step
 
 import profit_edu as pe
 from profit_edu import ledger
 from profit_edu.aiwq import AIWQTracker
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-
-    return step
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         return run
 
-    times = interleaved({name: cpu_timed(name, make_step(model, x, y))
+    times = interleaved({name: cpu_timed(name, sgd_step(model, x, y))
                          for name, model in (("plain", plain), ("tracked", tracked))}, repeats=args.repeats)
     warm = len(cpu["plain"]) - args.repeats  # interleaved() runs warm-up calls first
     cpu = {k: v[warm:] for k, v in cpu.items()}

@@ -20,11 +20,10 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import interleaved, ratio_stats
+from timing import interleaved, ratio_stats, sgd_step
 
 import profit_edu as pe
 from profit_edu import ledger
@@ -58,17 +57,6 @@ def dw_stack(width: int = 32, depth: int = 4, num_classes: int = 10) -> nn.Modul
     )
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    return step
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=30)
@@ -83,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     q = pe.quantize_model(copy.deepcopy(fp), weight_bits=4, act_bits=4).train()  # same float weights
     x = torch.randn(args.batch, 3, args.size, args.size)
     y = torch.randint(0, 10, (args.batch,))
-    times = interleaved({"fp": make_step(fp, x, y), "w4a4": make_step(q, x, y)}, repeats=args.repeats)
+    times = interleaved({"fp": sgd_step(fp, x, y), "w4a4": sgd_step(q, x, y)}, repeats=args.repeats)
     stats = ratio_stats(times["w4a4"], times["fp"])
     result = {
         "benchmark": "quantizer_overhead",

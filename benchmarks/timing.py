@@ -33,3 +33,20 @@ def ratio_stats(num: list[float], den: list[float]) -> dict[str, float]:
     q = statistics.quantiles(ratios, n=4) if len(ratios) >= 4 else [ratios[0], statistics.median(ratios), ratios[-1]]
     return {"median": statistics.median(ratios), "q1": q[0], "q3": q[2], "min": ratios[0], "max": ratios[-1],
             "n": len(ratios)}
+
+
+def sgd_step(model, x, y, *, lr: float = 1e-3, weight_decay: float = 0.0) -> Callable[[], None]:
+    """A closure doing one training step (forward, cross-entropy, backward, SGD Nesterov update) on fixed data."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+
+    return step

@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import interleaved, ratio_stats
+from timing import interleaved, ratio_stats, sgd_step
 
 import profit_edu as pe
 from profit_edu import ledger
@@ -41,17 +40,6 @@ CONFIGS = {
 }
 
 
-def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, weight_decay=4e-5)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    return step
-
-
 def run_config(name: str, repeats: int, seed: int, compile_: bool) -> dict:
     cfg = CONFIGS[name]
     torch.manual_seed(seed)
@@ -59,14 +47,15 @@ def run_config(name: str, repeats: int, seed: int, compile_: bool) -> dict:
     q = pe.quantize_model(copy.deepcopy(fp), weight_bits=4, act_bits=4).train()
     x = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"])
     y = torch.randint(0, cfg["kwargs"]["num_classes"], (cfg["batch"],))
-    steps = {"fp": make_step(fp, x, y), "w4a4": make_step(q, x, y)}
+    opt = {"lr": 1e-4, "weight_decay": 4e-5}
+    steps = {"fp": sgd_step(fp, x, y, **opt), "w4a4": sgd_step(q, x, y, **opt)}
     compile_s = None
     if compile_:
         qc = torch.compile(copy.deepcopy(q))
         t0 = time.perf_counter()
-        make_step(qc, x, y)()
+        sgd_step(qc, x, y, **opt)()
         compile_s = time.perf_counter() - t0
-        steps["w4a4_compiled"] = make_step(qc, x, y)
+        steps["w4a4_compiled"] = sgd_step(qc, x, y, **opt)
     times = interleaved(steps, repeats=repeats)
     out = {
         "config": name, **{k: v for k, v in cfg.items() if k != "kwargs"}, "model_kwargs": cfg["kwargs"],
