@@ -239,6 +239,9 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", action="store_true",
                    help="ignore (and overwrite) a checkpoint already in --out instead of resuming it")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--compile", action="store_true",
+                   help="train through torch.compile: minutes of compilation first, then faster steps (for long runs; "
+                        "benchmarks/train_step.py --compile measures the gain on your machine)")
     p.set_defaults(handler=cmd_train)
 
 
@@ -444,7 +447,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = _init_from(args.init, model_args) if args.init is not None else build_model(model_args)
     config = TrainConfig(epochs=s["epochs"], lr=s["lr"], weight_decay=args.weight_decay,
                          warmup_epochs=s["warmup_epochs"], ema_decay=s["ema_decay"], seed=args.seed, device=device,
-                         progress=args.progress)
+                         progress=args.progress, compile=args.compile)
     train_loader = data.DeviceLoader(train_data, s["batch_size"], train=True, device=device, seed=args.seed,
                                      drop_last=len(train_data) >= s["batch_size"])
     val_loader = data.DeviceLoader(val_data, 256, train=False, device=device)

@@ -389,6 +389,32 @@ def test_fit_is_reproducible_for_a_seed():
     assert not torch.equal(run(0), run(1))  # dropout draws depend on the seed
 
 
+def test_compile_option_trains_through_the_compiled_module_and_saves_the_eager_one(monkeypatch, tmp_path):
+    compiled = []
+
+    class Compiled(nn.Module):  # stands in for torch.compile's OptimizedModule (real compilation takes minutes)
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self._orig_mod, self.calls = inner, 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self._orig_mod(x)
+
+    monkeypatch.setattr(torch, "compile", lambda m: compiled.append(Compiled(m)) or compiled[-1])
+    x, y = tiny_data(16)
+    torch.manual_seed(0)
+    net = tiny_cnn()
+    fit(net, TinyLoader(x, y, 8), TinyLoader(x, y, 8, train=False), TrainConfig(epochs=1, lr=0.1, compile=True),
+        out_dir=tmp_path)
+    assert len(compiled) == 1 and compiled[0].calls == 2  # two training steps went through the compiled module
+    from profit_edu.checkpoint import load_checkpoint
+
+    assert not any("_orig_mod" in k for k in load_checkpoint(tmp_path).model_state)
+    with pytest.raises(ValueError, match="compile"):
+        TrainConfig(compile="yes")
+
+
 class _NaNAfter(nn.Module):
     """Returns NaN logits from the ``when``-th forward pass in training mode on."""
 
