@@ -1,7 +1,7 @@
 """The ``profit-edu`` command line. Each subcommand is a thin layer over the library.
 
 Subcommands (one ``_add_<name>_parser`` function and one ``cmd_<name>`` function each, wired in
-:func:`build_parser`; add new ones, such as ``aiwq`` or ``pack``, the same way):
+:func:`build_parser`; add new ones, such as ``aiwq``, the same way):
 
 ``train``
     build a MobileNet, optionally quantize it, train it with :func:`profit_edu.train.fit`, checkpoint every epoch.
@@ -9,6 +9,9 @@ Subcommands (one ``_add_<name>_parser`` function and one ``cmd_<name>`` function
     rebuild the model a ``train`` run saved, load its checkpoint, print top-1/top-5.
 ``plan``
     print the phase timeline of a PROFIT recipe (:mod:`profit_edu.profit`); ``train --recipe`` runs it.
+``pack``, ``run-packed``
+    turn a trained quantized run into a packed integer model file, and classify images with it
+    (:mod:`profit_edu.packed.cli`).
 
 Only this module (and the plotting helpers) print; the library logs.
 """
@@ -31,6 +34,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .packed.cli import add_pack_commands
 
 __all__ = ["SCALES", "CLIError", "Scale", "build_model", "build_parser", "cmd_evaluate", "cmd_plan", "cmd_train",
            "main"]
@@ -290,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(commands)
     _add_evaluate_parser(commands)
     _add_plan_parser(commands)
+    add_pack_commands(commands)
     return parser
 
 

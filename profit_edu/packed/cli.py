@@ -1,0 +1,231 @@
+"""The ``pack`` and ``run-packed`` subcommands of ``profit-edu`` (wired into :mod:`profit_edu.cli`).
+
+``profit-edu pack CHECKPOINT -o model.pqm``
+    rebuild the quantized model a ``profit-edu train`` run saved (its ``checkpoint.json`` records the builder, its
+    arguments and the bit widths), load its weights (``--ema``: the EMA weights), convert it to an integer program
+    and write the packed file (``--onnx model.onnx``: also the ONNX model). CHECKPOINT may instead be a
+    ``.safetensors`` state dict of a quantized model, with ``--config model.json`` giving
+    ``{"builder": "mobilenet_v2", "kwargs": {...}, "weight_bits": 4, "act_bits": 4}`` (optional: ``input_size``,
+    ``mean``, ``std``, ``classes``).
+``profit-edu run-packed model.pqm IMAGE...``
+    load and validate the packed file, read each image (anything Pillow opens), resize it to the program's input
+    size (32x32: resized whole; larger: shorter side to 256/224 of the size, then a centre crop), normalise,
+    quantize to int8 codes, run the integer engine and print the top-5 classes with softmax probabilities.
+
+Both return the exit status (0 on success, 2 with a message on stderr for bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["add_pack_commands", "build_quantized_model", "load_image", "pack_main", "run_packed_main"]
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _builders() -> dict[str, Callable[..., nn.Module]]:
+    from .. import models
+
+    return {"mobilenet_v1": models.mobilenet_v1, "mobilenet_v2": models.mobilenet_v2,
+            "mobilenet_v3_large": models.mobilenet_v3_large, "mobilenet_v3_small": models.mobilenet_v3_small}
+
+
+def add_pack_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``pack`` and ``run-packed`` on a ``profit-edu`` subparsers object (each sets ``handler``)."""
+    p = subparsers.add_parser(
+        "pack", help="convert a trained quantized model into a packed integer model file",
+        description="Rebuild the quantized model of a training checkpoint, fold it into an integer program "
+                    "(BatchNorm folded, int32 accumulators, fixed-point requantization) and write it bit-packed "
+                    "to a .pqm file (safetensors + JSON, SHA-256 checked).")
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                   help="a run directory written by 'profit-edu train' (or its checkpoint.json), or a .safetensors "
+                        "state dict together with --config")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="the packed file to write")
+    p.add_argument("--config", type=Path, default=None, metavar="JSON",
+                   help="for a .safetensors state dict: builder, kwargs, weight_bits, act_bits")
+    p.add_argument("--ema", action="store_true", help="pack the checkpoint's EMA weights instead of the live ones")
+    p.add_argument("--input-size", type=int, default=None, metavar="S",
+                   help="compile for SxS images (default: 32 for CIFAR stems, else 224)")
+    p.add_argument("--onnx", type=Path, default=None, metavar="FILE", help="also export the ONNX (QDQ) model")
+    p.set_defaults(handler=pack_main)
+
+    r = subparsers.add_parser(
+        "run-packed", help="classify images with a packed model on the integer engine",
+        description="Load a packed model (validating its checksum and bounds), run the integer engine on each "
+                    "image and print the top classes.")
+    r.add_argument("model", type=Path, metavar="MODEL", help="a .pqm file written by 'profit-edu pack'")
+    r.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    r.add_argument("--top", type=int, default=5, metavar="K", help="how many classes to print (default: 5)")
+    r.add_argument("--json", action="store_true", help="print one JSON object per image")
+    r.set_defaults(handler=run_packed_main)
+
+
+# --------------------------------------------------------------------------------------------
+# pack
+# --------------------------------------------------------------------------------------------
+def build_quantized_model(builder: str, kwargs: dict[str, Any], weight_bits: int, act_bits: int) -> nn.Module:
+    """Build ``builder(**kwargs)`` and quantize it with DuQ at the given bits (weights not loaded yet).
+
+    Raises:
+        ValueError: unknown builder, or bits that are None (a packed model is fully quantized).
+    """
+    from ..layers import quantize_model
+
+    builders = _builders()
+    if builder not in builders:
+        raise ValueError(f"unknown model builder {builder!r}; one of {sorted(builders)}")
+    if weight_bits is None or act_bits is None:
+        raise ValueError("only fully quantized models can be packed: weight_bits and act_bits must both be set "
+                         f"(got {weight_bits}, {act_bits})")
+    model = builders[builder](**kwargs)
+    return quantize_model(model, weight_bits=weight_bits, act_bits=act_bits).eval()
+
+
+def _from_checkpoint(path: Path, use_ema: bool) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    from ..checkpoint import check_bits_match, load_checkpoint, load_state_strict
+
+    state = load_checkpoint(path)
+    args = state.meta.get("model_args")
+    if not isinstance(args, dict):
+        raise ValueError(f"{path}: the checkpoint records no model arguments (meta['model_args']); was it written by "
+                         "'profit-edu train'? Otherwise pass a .safetensors state dict with --config")
+    kwargs = {"num_classes": args["num_classes"], "width_mult": args["width_mult"], "cifar_stem": args["cifar_stem"],
+              "stem_stride": args["stem_stride"]}
+    if args.get("negative_padding"):
+        kwargs["negative_padding"] = True
+    model = build_quantized_model(args["model"], kwargs, args["weight_bits"], args["act_bits"])
+    check_bits_match(model, state.bits, source=str(path))
+    if use_ema:
+        if state.ema_state is None:
+            raise ValueError(f"{path}: --ema given, but the checkpoint has no EMA weights")
+        load_state_strict(model, state.ema_state, what=f"EMA state in {path}")
+    else:
+        load_state_strict(model, state.model_state, what=f"model state in {path}")
+    dataset = state.meta.get("data", {}).get("dataset")
+    extra: dict[str, Any] = {}
+    if dataset in ("cifar10", "synthetic"):  # the CLI trains with CIFAR-10's normalisation
+        from .convert import CIFAR10_MEAN, CIFAR10_STD
+
+        extra = {"mean": CIFAR10_MEAN, "std": CIFAR10_STD}
+        if dataset == "cifar10":
+            extra["classes"] = list(CIFAR10_CLASSES)
+    return model.eval(), {"builder": args["model"], "kwargs": kwargs}, extra
+
+
+def _from_state_dict(path: Path, config_path: Path | None) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    from ..checkpoint import load_state_strict
+
+    if config_path is None:
+        raise ValueError(f"{path} is a state dict: pass --config JSON with builder, kwargs, weight_bits, act_bits")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--config {config_path}: cannot read JSON ({err})") from err
+    known = {"builder", "kwargs", "weight_bits", "act_bits", "input_size", "mean", "std", "classes"}
+    if not isinstance(config, dict) or not {"builder", "weight_bits", "act_bits"} <= set(config) or \
+            set(config) - known:
+        got = sorted(config) if isinstance(config, dict) else config
+        raise ValueError(f"--config {config_path}: needs keys builder, weight_bits, act_bits (optional: kwargs, "
+                         f"input_size, mean, std, classes); got {got}")
+    kwargs = dict(config.get("kwargs", {}))
+    model = build_quantized_model(config["builder"], kwargs, config["weight_bits"], config["act_bits"])
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    load_state_strict(model, state, what=str(path))
+    extra = {k: config[k] for k in ("input_size", "mean", "std", "classes") if k in config}
+    return model.eval(), {"builder": config["builder"], "kwargs": kwargs}, extra
+
+
+def pack_main(args: argparse.Namespace) -> int:
+    """Run ``profit-edu pack`` (see the module docstring); returns the exit status."""
+    from .convert import to_program
+    from .fileformat import save_packed
+
+    try:
+        src: Path = args.checkpoint
+        if src.suffix == ".safetensors":
+            model, arch, extra = _from_state_dict(src, args.config)
+        else:
+            model, arch, extra = _from_checkpoint(src, args.ema)
+        if args.input_size is not None:
+            extra["input_size"] = args.input_size
+        program = to_program(model, arch=arch, **extra)
+        size = save_packed(program, args.output)
+        if args.onnx is not None:
+            from .onnx_export import export_onnx
+
+            export_onnx(program, args.onnx)
+    except (ValueError, OSError) as err:
+        print(f"profit-edu pack: error: {err}", file=sys.stderr)
+        return 2
+    convs = program.convs()
+    bits = sorted({op.weight_bits for op in convs})
+    weights = sum(op.weight.numel() for op in convs)
+    print(f"packed {arch['builder']} ({len(convs)} conv/linear layers, {weights:,} weights at {bits} bits, "
+          f"input {program.input_size[0]}x{program.input_size[1]}) into {args.output}: {size:,} bytes"
+          + (f"; ONNX in {args.onnx}" if args.onnx is not None else ""))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# run-packed
+# --------------------------------------------------------------------------------------------
+def load_image(path: Path, size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """One image file -> a normalised float tensor (3, H, W) of the program's input size (module docstring)."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms import functional as TF
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"{path}: cannot read the image ({err})") from err
+    h, w = size
+    if (h, w) == (32, 32) or max(h, w) <= 64:  # small inputs (CIFAR): resize the whole image
+        img = img.resize((w, h), Image.BILINEAR)
+    else:
+        img = TF.center_crop(TF.resize(img, round(min(h, w) * 256 / 224)), [h, w])
+    x = TF.to_tensor(img)
+    return TF.normalize(x, list(mean), list(std))
+
+
+def run_packed_main(args: argparse.Namespace) -> int:
+    """Run ``profit-edu run-packed`` (see the module docstring); returns the exit status."""
+    from .engine import IntegerEngine, quantize_image
+    from .fileformat import load_packed
+
+    try:
+        if args.top < 1:
+            raise ValueError(f"--top must be >= 1, got {args.top}")
+        program = load_packed(args.model)
+        engine = IntegerEngine(program)
+        x = torch.stack([load_image(p, program.input_size, program.mean, program.std) for p in args.images])
+        logits = engine.logits(quantize_image(x, program))
+    except (ValueError, OSError) as err:
+        print(f"profit-edu run-packed: error: {err}", file=sys.stderr)
+        return 2
+    probs = torch.softmax(logits, dim=1)
+    k = min(args.top, probs.shape[1])
+    names = program.classes or [f"class {i}" for i in range(probs.shape[1])]
+    for path, p in zip(args.images, probs):
+        top = torch.topk(p, k)
+        ranked = [(names[int(i)], int(i), float(v)) for v, i in zip(top.values, top.indices)]
+        if args.json:
+            print(json.dumps({"image": str(path), "top": [{"class": n, "index": i, "probability": v}
+                                                          for n, i, v in ranked]}))
+        else:
+            print(f"{path}: " + ", ".join(f"{n} {v:.3f}" for n, _, v in ranked))
+    return 0

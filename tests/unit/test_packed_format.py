@@ -1,0 +1,177 @@
+"""The packed file format (profit_edu.packed.fileformat): round trip, exact size, and every kind of bad file."""
+
+import json
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save as safetensors_save
+
+from profit_edu.packed import (
+    IntegerEngine,
+    PackedFormatError,
+    UnsupportedBitsError,
+    load_packed,
+    packed_size,
+    quantize_image,
+    read_packed,
+    save_packed,
+)
+from profit_edu.packed.fileformat import _digest, _split, packed_bytes, program_to_json
+
+from .test_packed_engine import _one_thread, program_of, qat_model, random_images  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def blob() -> bytes:
+    return packed_bytes(program_of("mobilenet_v3_small"))
+
+
+def rewrite(blob: bytes, *, program=None, tensors=None, meta=None, fix_sha: bool = True) -> bytes:
+    """A file with parts replaced (and, by default, a correct checksum for them)."""
+    header, _ = _split(blob)
+    old_meta = dict(header["__metadata__"])
+    text = program if program is not None else old_meta["program"]
+    tensors = tensors if tensors is not None else program_tensors(blob)
+    new_meta = old_meta | {"program": text} | (meta or {})
+    raw = safetensors_save(tensors, metadata=new_meta)
+    if fix_sha:
+        _, data = _split(raw)
+        raw = safetensors_save(tensors, metadata=new_meta | {"sha256": _digest(text, data)})
+    return raw
+
+
+def program_tensors(blob: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(blob)
+
+
+def test_round_trip_gives_the_same_engine(tmp_path, blob):
+    program = program_of("mobilenet_v3_small")
+    path = tmp_path / "m.pqm"
+    assert save_packed(program, path) == path.stat().st_size == len(blob)
+    loaded = load_packed(path)
+    codes = quantize_image(random_images(2), program)
+    assert torch.equal(IntegerEngine(loaded)(codes), IntegerEngine(program)(codes))
+    for a, b in zip(program.convs(), loaded.convs()):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+        assert torch.equal(a.m0, b.m0) and torch.equal(a.shift, b.shift) and a.pre_step == b.pre_step
+    assert loaded.tensors == program.tensors and loaded.arch == program.arch
+    assert loaded.mean == program.mean and loaded.input_size == program.input_size
+
+
+def test_weights_take_exactly_ceil_n_bits_over_8_bytes_per_layer(blob):
+    program = program_of("mobilenet_v3_small")
+    tensors = program_tensors(blob)
+    assert tensors["weights"].numel() == sum(packed_size(op.weight.numel(), op.weight_bits)
+                                             for op in program.convs())
+    channels = sum(op.weight.shape[0] for op in program.convs())
+    assert tensors["bias"].numel() == tensors["m0"].numel() == tensors["shift"].numel() == channels
+    header_bytes = len(blob) - len(_split(blob)[1])
+    assert len(blob) == header_bytes + tensors["weights"].numel() + 9 * channels
+
+
+def test_lower_bit_files_are_smaller():
+    import copy
+
+    import profit_edu as pe
+    from profit_edu.packed import to_program
+
+    sizes = {}
+    for bits in (2, 3, 4, 8):
+        net = pe.set_bits(copy.deepcopy(qat_model("mobilenet_v2")), weight_bits=bits)
+        program = to_program(net)
+        weights = sum(op.weight.numel() for op in program.convs())
+        sizes[bits] = len(packed_bytes(program))
+        assert packed_size(weights, bits) <= sizes[bits]
+    assert sizes[2] < sizes[3] < sizes[4] < sizes[8]
+
+
+@pytest.mark.parametrize("cut", [0, 7, 8, 100, -1, -1000])
+def test_truncated_files(blob, cut):
+    with pytest.raises(PackedFormatError, match=r"truncated|header|SHA-256"):
+        read_packed(blob[:cut])
+
+
+@pytest.mark.parametrize("where", ["header_length", "header", "data_start", "data_end"])
+def test_flipped_bits(blob, where):
+    data_at = len(blob) - len(_split(blob)[1])
+    pos = {"header_length": 2, "header": 200, "data_start": data_at, "data_end": len(blob) - 1}[where]
+    bad = bytearray(blob)
+    bad[pos] ^= 0x10
+    with pytest.raises(PackedFormatError):
+        read_packed(bytes(bad))
+
+
+def test_wrong_version_and_format(blob):
+    with pytest.raises(PackedFormatError, match="format version '2'; this profit-edu reads version 1"):
+        read_packed(rewrite(blob, meta={"version": "2"}))
+    with pytest.raises(PackedFormatError, match="not a packed file"):
+        read_packed(rewrite(blob, meta={"format": "something-else"}))
+    with pytest.raises(PackedFormatError, match="__metadata__"):
+        read_packed(safetensors_save({"x": torch.zeros(2)}))
+
+
+def test_edited_program_without_checksum(blob):
+    header, _ = _split(blob)
+    text = header["__metadata__"]["program"].replace('"padding":1', '"padding":2', 1)
+    with pytest.raises(PackedFormatError, match="SHA-256 mismatch"):
+        read_packed(rewrite(blob, program=text, fix_sha=False))
+
+
+def test_mismatched_program_and_tensors_with_valid_checksum(blob):
+    other = program_tensors(packed_bytes(program_of("mobilenet_v2")))
+    with pytest.raises(PackedFormatError, match=r"do not match the program|needs more"):
+        read_packed(rewrite(blob, tensors=other))
+    tensors = program_tensors(blob)
+    tensors["bias"] = tensors["bias"].to(torch.int64)
+    with pytest.raises(PackedFormatError, match=r"'bias' must be 1-D torch\.int32"):
+        read_packed(rewrite(blob, tensors=tensors))
+    del tensors["bias"]
+    with pytest.raises(PackedFormatError, match="expected tensors"):
+        read_packed(rewrite(blob, tensors=tensors))
+
+
+def test_program_field_errors(blob):
+    doc = json.loads(_split(blob)[0]["__metadata__"]["program"])
+    conv = next(i for i, op in enumerate(doc["ops"]) if op["op"] == "conv")
+
+    def edited(change) -> bytes:
+        d = json.loads(json.dumps(doc))
+        change(d)
+        return rewrite(blob, program=json.dumps(d))
+
+    with pytest.raises(UnsupportedBitsError, match="weight bits 5"):
+        read_packed(edited(lambda d: d["ops"][conv].update(bits=5)))
+    with pytest.raises(PackedFormatError, match="unexpected keys \\['surprise'\\]"):
+        read_packed(edited(lambda d: d["ops"][conv].update(surprise=1)))
+    with pytest.raises(PackedFormatError, match="expected <class 'int'>"):
+        read_packed(edited(lambda d: d["ops"][conv].update(stride="1")))
+    with pytest.raises(PackedFormatError, match="unknown operation 'gelu'"):
+        read_packed(edited(lambda d: d["ops"][conv].update(op="gelu")))
+    with pytest.raises(ValueError, match="invalid"):
+        read_packed(edited(lambda d: d["ops"][-1].update(input="nowhere")))
+    with pytest.raises(ValueError, match="m0 must lie"):
+        read_packed(edited(lambda d: d["ops"][conv + 1].update(m0=5) if "m0" in d["ops"][conv + 1] else
+                           next(op for op in d["ops"] if op["op"] == "rescale").update(m0=5)))
+    with pytest.raises(PackedFormatError, match="not valid JSON"):
+        read_packed(rewrite(blob, program="{not json"))
+
+
+def test_header_length_beyond_the_file(blob):
+    bad = struct.pack("<Q", len(blob)) + blob[8:]
+    with pytest.raises(PackedFormatError, match="does not fit"):
+        read_packed(bad)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(PackedFormatError, match="no such file"):
+        load_packed(tmp_path / "missing.pqm")
+
+
+def test_saving_checks_the_program():
+    program = program_of("mobilenet_v3_small")
+    text, tensors = program_to_json(program)
+    assert json.loads(text)["arch"]["builder"] == "mobilenet_v3_small"
+    assert set(tensors) == {"weights", "bias", "m0", "shift"}
