@@ -412,7 +412,7 @@ def _init_from(run: Path, model_args: dict[str, Any]) -> nn.Module:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``profit-edu train``."""
-    from . import checkpoint, data
+    from . import checkpoint, data, ledger
     from .runtime import data_banner
     from .train import TrainConfig, fit
 
@@ -437,6 +437,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "data": {"dataset": used, "train_images": len(train_data), "val_images": len(val_data),
                  "val_subset": s["val_images"], "seed": args.seed, "source": train_data.source},
         "scale": args.scale, "batch_size": s["batch_size"], "command": "profit-edu " + " ".join(args.argv),
+        "commit": ledger.git_commit(),
     }
     out: Path = args.out
     resume = not args.restart

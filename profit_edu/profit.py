@@ -18,6 +18,14 @@ Freezing a layer freezes its conv weight only (learning rate 0, no weight decay)
 ``a`` and ``c`` keep training. Layers are named by their exact module names (``features.3.conv.1.0``), never
 by substrings. For MobileNet-v2 (L = 52) that is 17, then 34 frozen layers.
 
+*Freezing policy* (``schedule.freeze``, for ablations). ``aiwq`` (default) is PROFIT. ``random`` freezes the same
+numbers of layers, drawn from a random order of the L layers (:func:`random_freeze_order`, seeded by the recipe's
+``seed``; ft3's layers include ft2's, as with the ranking): the control that shows whether *which* layers are
+frozen matters. ``none`` freezes nothing but keeps every phase and epoch (sampling at a constant learning rate,
+then ft1, ft2, ft3), so PROFIT and "no freezing" train for exactly as long. Only ``aiwq`` measures AIWQ (the
+tracker only measures, so training is the same with or without it). The quantizer is ``method:`` ``duq``
+(PROFIT's, default), ``pact`` or ``lsq`` (see :func:`~profit_edu.layers.quantize_model`).
+
 The schedule is a YAML *recipe* in ``profit_edu/recipes/`` (``version: 1``), loaded into frozen dataclasses:
 :class:`Recipe` holds :class:`ModelSpec`, :class:`DataSpec`, :class:`OptimSpec`, :class:`ScheduleSpec` and
 :class:`AIWQSpec`. :func:`expand_phases` turns it into the list of :class:`Phase` s that :func:`format_plan`
@@ -59,8 +67,10 @@ from torch import Tensor, nn
 
 from .aiwq import AIWQTracker, layer_kinds, tracked_layers
 from .layers import QAct, QConv2d, QLinear, quantize_model, set_bits
+from .quant import METHODS
 
 __all__ = [
+    "FREEZE_POLICIES",
     "MODES",
     "QUIRKS",
     "RECIPE_DIR",
@@ -90,6 +100,7 @@ __all__ = [
     "phase_config",
     "plan_dict",
     "prepare_model",
+    "random_freeze_order",
     "recipe_path",
     "run_recipe",
     "set_phase_bits",
@@ -100,6 +111,8 @@ log = logging.getLogger(__name__)
 RECIPE_VERSION = 1
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 MODES = ("fixed", "reference")
+#: How the fine-tunes at a PROFIT bit width choose the layers they freeze (``schedule.freeze``).
+FREEZE_POLICIES = ("aiwq", "random", "none")
 #: The official code's behaviours that ``mode: reference`` can replay, by name (notes B.4, D, G).
 QUIRKS: dict[str, str] = {
     "init_bug": "activation quantizers initialise as the official code does: from the positive part of the "
@@ -277,6 +290,9 @@ class ScheduleSpec:
         freeze_fractions: one fine-tune per entry at a PROFIT bit width, freezing ``floor(L * f)`` of the L
             ranked layers ("1/3" is exact; 0.333 would freeze 17.3 -> 17 of 52 too, but not of every L).
         always_frozen: exact module names whose weights stay frozen in every phase (ablations).
+        freeze: which layers the fine-tunes freeze: ``aiwq`` (PROFIT: the top of the AIWQ ranking), ``random``
+            (as many layers, in a random order seeded by the recipe's ``seed``), ``none`` (nothing; the same
+            phases and epochs).
     """
 
     fp_epochs: int = 15
@@ -290,6 +306,7 @@ class ScheduleSpec:
     sampling_epochs: int = 5
     freeze_fractions: tuple[Fraction, ...] = (Fraction(0), Fraction(1, 3), Fraction(2, 3))
     always_frozen: tuple[str, ...] = ()
+    freeze: str = "aiwq"
 
     def __post_init__(self) -> None:
         for name in ("fp_epochs", "warmup_epochs"):
@@ -321,6 +338,7 @@ class ScheduleSpec:
         for i, n in enumerate(self.always_frozen):
             _need(isinstance(n, str) and n != "", f"always_frozen[{i}]", "a module name", n, i)
         object.__setattr__(self, "always_frozen", tuple(self.always_frozen))
+        _need(self.freeze in FREEZE_POLICIES, "freeze", f"one of {FREEZE_POLICIES}", self.freeze)
 
 
 @dataclass(frozen=True)
@@ -360,6 +378,7 @@ class Recipe:
     """A whole PROFIT run: model, data, optimizer, schedule, AIWQ settings, mode and quirks.
 
     Load one with :func:`load_recipe` (a file or a shipped recipe's name) or :func:`parse_recipe` (YAML text).
+    ``method`` is the quantizer: ``duq`` (PROFIT's, the default), ``pact`` or ``lsq``.
 
     >>> r = load_recipe("mobilenet_v2_w4a4_imagenet")
     >>> r.schedule.act_bits, r.schedule.weight_bits, sum(p.epochs for p in expand_phases(r))
@@ -379,6 +398,7 @@ class Recipe:
     quirks: tuple[str, ...] = ()
     teacher: str = "none"
     seed: int = 0
+    method: str = "duq"
     source: RecipeSource | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -398,6 +418,10 @@ class Recipe:
         _need(isinstance(self.teacher, str) and self.teacher != "", "teacher",
               "'none', 'self', or a torchvision classifier name such as 'resnet101'", self.teacher)
         _need(_is_int(self.seed) and self.seed >= 0, "seed", "an int >= 0", self.seed)
+        _need(self.method in METHODS, "method", f"one of {METHODS}", self.method)
+        if self.mode == "reference" and self.method != "duq":
+            raise _FieldError("method", f"mode: reference replays the official DuQ code; method {self.method!r} "
+                                        "needs mode: fixed")
 
     def has(self, quirk: str) -> bool:
         """Whether the recipe replays the official code's ``quirk`` (see :data:`QUIRKS`)."""
@@ -618,8 +642,10 @@ def plan_dict(recipe: Recipe, *, num_layers: int | None = None) -> dict[str, Any
     phases = []
     for p in expand_phases(recipe):
         d = p.to_dict()
-        d["frozen_layers"] = (freeze_count(L, p.freeze_fraction) if p.freeze_fraction is not None
-                              else ("all" if p.kind == "bn" else 0))
+        if p.freeze_fraction is not None:
+            d["frozen_layers"] = freeze_count(L, p.freeze_fraction) if recipe.schedule.freeze != "none" else 0
+        else:
+            d["frozen_layers"] = "all" if p.kind == "bn" else 0
         phases.append(d)
     return {"recipe": recipe.to_dict(), "num_layers": L, "phases": phases,
             "total_epochs": sum(p["epochs"] for p in phases)}
@@ -628,6 +654,11 @@ def plan_dict(recipe: Recipe, *, num_layers: int | None = None) -> dict[str, Any
 def _count_tracked(recipe: Recipe) -> int:
     model = quantize_model(build_model(recipe, pretrained=False), None, None)
     return len(tracked_layers(model, include_linear=recipe.aiwq.include_linear))
+
+
+_METHOD_NAMES = {"duq": "DuQ", "pact": "PACT", "lsq": "LSQ"}
+_FREEZE_NAMES = {"random": "random layers, as many as PROFIT freezes (seeded by the recipe's seed)",
+                 "none": "none, with the same phases and epochs"}
 
 
 def _bits(b: int | None) -> str:
@@ -652,13 +683,15 @@ def format_plan(recipe: Recipe, *, num_layers: int | None = None) -> str:
         f"{', schedule partly inferred' if recipe.inferred else ''})",
         f"model {m.arch} (width {m.width_mult}, {m.num_classes} classes{', cifar stem' if m.cifar_stem else ''}"
         f"{', pretrained ' + m.pretrained if m.pretrained else ''}); teacher {recipe.teacher}; data "
-        f"{recipe.data.dataset}, batch {recipe.data.batch_size}",
+        f"{recipe.data.dataset}, batch {recipe.data.batch_size}; quantizer {_METHOD_NAMES[recipe.method]}",
         f"optimizer SGD lr {o.lr:g} (a, c x{o.quant_lr_mult:g}), momentum {o.momentum:g}"
         f"{' nesterov' if o.nesterov else ''}, weight decay {o.weight_decay:g}; weight EMA "
         f"{'off' if o.ema_decay is None else f'{o.ema_decay:g}'}; KD weight {o.kd_weight:g}",
         f"AIWQ ranks L = {L} layers; EMA {recipe.aiwq.ema:g}, values above {recipe.aiwq.skip_above:g} skipped, "
         f"every {recipe.aiwq.every} step(s)",
     ]
+    if s.freeze != "aiwq":
+        head.append(f"freezing: {_FREEZE_NAMES[s.freeze]} (an ablation; PROFIT freezes by AIWQ)")
     if recipe.quirks:
         head.append(f"reference quirks: {', '.join(recipe.quirks)}")
     if s.always_frozen:
@@ -668,11 +701,12 @@ def format_plan(recipe: Recipe, *, num_layers: int | None = None) -> str:
         if p.kind == "bn":
             trains, frozen = "BN, biases, a, c (no conv/linear weights)", "all weights"
         elif p.kind == "sampling":
-            trains, frozen = "everything; AIWQ sampled", "-"
+            trains, frozen = ("everything; AIWQ sampled" if s.freeze == "aiwq" else "everything"), "-"
         elif p.freeze_fraction is not None:
-            k = freeze_count(L, p.freeze_fraction)
-            trains = "everything" if k == 0 else f"all but the top {k} AIWQ layers' weights"
-            frozen = f"{k} of {L} ({p.freeze_fraction})"
+            k = freeze_count(L, p.freeze_fraction) if s.freeze != "none" else 0
+            chosen = f"the top {k} AIWQ" if s.freeze == "aiwq" else f"{k} random"
+            trains = "everything" if k == 0 else f"all but {chosen} layers' weights"
+            frozen = f"{k} of {L} ({p.freeze_fraction}{'' if s.freeze == 'aiwq' else ', freeze ' + s.freeze})"
         else:
             trains, frozen = ("everything (float)" if p.kind == "fp" else "everything"), "-"
         base = o.fp_lr if p.kind == "fp" and o.fp_lr is not None else o.lr
@@ -783,7 +817,8 @@ def build_loaders(recipe: Recipe, *, device: str | torch.device = "cpu", downloa
 
 
 def prepare_model(recipe: Recipe, model: nn.Module) -> nn.Module:
-    """Quantize a float model with every quantizer off (bits None), the recipe's init style; returns it.
+    """Quantize a float model with the recipe's quantizer (``method``), every quantizer off (bits None), and the
+    recipe's init style; returns it.
 
     The phases then only switch bits on with :func:`set_phase_bits`, so every phase's checkpoint has the same
     keys. ``init_bug`` (reference mode) makes the quantizers initialise as the official code does.
@@ -791,7 +826,8 @@ def prepare_model(recipe: Recipe, model: nn.Module) -> nn.Module:
     Raises:
         ValueError: the model is already quantized.
     """
-    return quantize_model(model, None, None, init_style="reference" if recipe.has("init_bug") else "fixed")
+    return quantize_model(model, None, None, method=recipe.method,
+                          init_style="reference" if recipe.has("init_bug") else "fixed")
 
 
 class _ReLUForReLU6(nn.ReLU):
@@ -836,21 +872,47 @@ def check_recipe_for_model(recipe: Recipe, model: nn.Module) -> None:
                               f"layer of {type(model).__name__} (exact module names, e.g. {close})")
 
 
+def random_freeze_order(model: nn.Module, *, seed: int, include_linear: bool = False) -> list[str]:
+    """The layers AIWQ would rank, in a random order: ``freeze: random`` freezes the first ``floor(L * f)``.
+
+    The order is a permutation drawn by a ``torch.Generator`` seeded with ``seed`` (the recipe's seed), so
+    reruns freeze the same layers and ft3's frozen layers include ft2's, as with the AIWQ ranking.
+
+    Args:
+        model: the quantized model (see :func:`~profit_edu.aiwq.tracked_layers`).
+        seed: seeds the permutation.
+        include_linear: rank linear layers too (``aiwq.include_linear``).
+
+    >>> net = quantize_model(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)), None, None)
+    >>> sorted(random_freeze_order(net, seed=0)), random_freeze_order(net, seed=0) == random_freeze_order(net, seed=0)
+    (['0', '1', '2'], True)
+    """
+    names = [n for n, _ in tracked_layers(model, include_linear=include_linear)]
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [names[i] for i in order]
+
+
 def frozen_for_phase(recipe: Recipe, phase: Phase, model: nn.Module,
                      ranking: list[tuple[str, float]] | None) -> tuple[str, ...]:
-    """Exact module names whose weights the phase freezes: all conv/linear layers for BN-stabilisation, the top
-    ``floor(L * f)`` of the AIWQ ranking for PROFIT fine-tunes, plus ``always_frozen``.
+    """Exact module names whose weights the phase freezes: all conv/linear layers for BN-stabilisation; for the
+    fine-tunes at a PROFIT bit width, the first ``floor(L * f)`` layers of the AIWQ ranking (``freeze: aiwq``),
+    of :func:`random_freeze_order` (``freeze: random``) or none (``freeze: none``); plus ``always_frozen``.
 
     Raises:
-        ValueError: a PROFIT fine-tune without a ranking.
+        ValueError: a fine-tune that freezes by AIWQ without a ranking.
     """
     names: list[str] = list(recipe.schedule.always_frozen)
+    policy = recipe.schedule.freeze
     if phase.kind == "bn":
         names += _weight_layers(model)
-    elif phase.freeze_fraction is not None and phase.freeze_fraction > 0:
-        if ranking is None:
+    elif phase.freeze_fraction is not None and phase.freeze_fraction > 0 and policy != "none":
+        if policy == "random":
+            order = random_freeze_order(model, seed=recipe.seed, include_linear=recipe.aiwq.include_linear)
+        elif ranking is None:
             raise ValueError(f"phase {phase.name} freezes by AIWQ, but there is no ranking: run the sampling phase")
-        names += [n for n, _ in ranking[: freeze_count(len(ranking), phase.freeze_fraction)]]
+        else:
+            order = [n for n, _ in ranking]
+        names += order[: freeze_count(len(order), phase.freeze_fraction)]
     return tuple(dict.fromkeys(names))
 
 
@@ -993,7 +1055,8 @@ def run_recipe(
     ``01_a8_bn/``, ...) holding :func:`~profit_edu.train.fit`'s checkpoints and, once finished, ``done.json``
     (history and frozen layers); the sampling phase holds one subdirectory per epoch, each with the tracker's
     state after it (``aiwq_state.json``);
-    ``aiwq_ranking.json`` holds the ranking (layer, M, kind), most unstable first.
+    ``aiwq_ranking.json`` holds the ranking (layer, M, kind), most unstable first. With ``freeze: random``
+    ``random_order.json`` holds the drawn order instead; with ``random`` and ``none`` nothing measures AIWQ.
 
     Args:
         recipe: the recipe.
@@ -1041,12 +1104,15 @@ def run_recipe(
 
     prepare_model(recipe, model)
     num_layers = len(tracked_layers(model, include_linear=recipe.aiwq.include_linear))
+    if recipe.schedule.freeze == "random":
+        _write_json(out / "random_order.json", {"seed": recipe.seed, "order": random_freeze_order(
+            model, seed=recipe.seed, include_linear=recipe.aiwq.include_linear)})
     (out / "plan.txt").write_text(format_plan(recipe, num_layers=num_layers) + "\n")
     ema = ModelEMA(model, recipe.train.ema_decay) if recipe.train.ema_decay is not None else None
     meta_base = {"recipe": recipe.name, "model_args": {
         "model": recipe.model.arch, "num_classes": recipe.model.num_classes, "width_mult": recipe.model.width_mult,
         "cifar_stem": recipe.model.cifar_stem, "stem_stride": recipe.model.stem_stride,
-        "negative_padding": recipe.model.negative_padding}}
+        "negative_padding": recipe.model.negative_padding, "method": recipe.method}}
 
     # Finished units form a prefix: a unit's weights depend on every unit before it, so after the first unfinished
     # one everything is trained again, from scratch (resume=False: their directories hold stale states).
@@ -1097,11 +1163,13 @@ def run_recipe(
         if u.index == first_todo and restored is not None and recipe.has("teacher_train_mode"):
             if teacher_for(p) is not None:  # the train-mode teacher's drifted BN statistics
                 _restore_teacher_buffers(teacher_for(p), restored.extra)
-        if p.kind == "sampling" and tracker is None:
+        measures = p.kind == "sampling" and recipe.schedule.freeze == "aiwq"  # the other policies need no ranking
+        if measures and tracker is None:
             tracker = make_tracker(recipe, model)
             if units[u.index - 1].phase is p:  # resuming inside the sampling phase: the EMA so far
                 tracker.load_state_dict(json.loads((units[u.index - 1].directory / "aiwq_state.json").read_text()))
-        if ranking is None and p.freeze_fraction and p.freeze_fraction > 0:  # its sampling phase finished earlier
+        if (ranking is None and p.freeze_fraction and p.freeze_fraction > 0
+                and recipe.schedule.freeze == "aiwq"):  # its sampling phase finished earlier
             sampling_dir = next(v.directory.parent for v in reversed(units[: u.index]) if v.phase.kind == "sampling")
             ranking = _read_ranking(sampling_dir / "aiwq_ranking.json")
         frozen = frozen_for_phase(recipe, p, model, ranking)
@@ -1121,7 +1189,7 @@ def run_recipe(
                           **meta_base["model_args"], "weight_bits": p.weight_bits, "act_bits": p.act_bits}})
         if tracker is not None:
             _write_json(u.directory / "aiwq_state.json", tracker.state_dict())
-        if p.kind == "sampling" and u.last_of_phase:
+        if measures and u.last_of_phase:
             ranking = tracker.ranking()
             kinds = layer_kinds(model, include_linear=recipe.aiwq.include_linear)
             rows = [{"layer": n, "aiwq": v, "kind": kinds[n]} for n, v in ranking]
@@ -1134,6 +1202,7 @@ def run_recipe(
         _write_json(u.directory / "done.json", {"phase": p.name, "history": list(history), "frozen": list(frozen)})
         record.history += list(history)
         record.frozen = frozen
-    if ranking is None and ranking_file.is_file() and recipe.schedule.profit_bits:
+    if (ranking is None and ranking_file.is_file() and recipe.schedule.profit_bits
+            and recipe.schedule.freeze == "aiwq"):
         ranking = _read_ranking(ranking_file)
     return RecipeResult([results[i] for i in sorted(results)], ranking, model, ema)

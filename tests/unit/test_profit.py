@@ -14,6 +14,7 @@ import yaml
 from torch import nn
 
 from profit_edu import quantize_model
+from profit_edu.checkpoint import load_checkpoint
 from profit_edu.layers import QAct
 from profit_edu.profit import (
     QUIRKS,
@@ -32,10 +33,12 @@ from profit_edu.profit import (
     phase_config,
     plan_dict,
     prepare_model,
+    random_freeze_order,
     recipe_path,
     run_recipe,
     set_phase_bits,
 )
+from profit_edu.quant import DuQ, LSQQuantizer, PACTQuantizer
 from profit_edu.train import fit
 
 
@@ -438,3 +441,111 @@ def test_reference_recipe_file_lists_every_quirk():
 
 def test_recipes_directory_is_package_data():
     assert (Path(RECIPE_DIR) / "tiny.yaml").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# Ablations: the freezing policy (schedule.freeze) and the quantizer (method)
+# --------------------------------------------------------------------------------------------
+def test_freeze_policy_and_method_parse_with_defaults_and_reject_unknown_values():
+    r = parse_recipe(MINIMAL)
+    assert (r.schedule.freeze, r.method) == ("aiwq", "duq")
+    r = parse_recipe(MINIMAL + "  freeze: random\nmethod: lsq\n")
+    assert (r.schedule.freeze, r.method) == ("random", "lsq")
+    assert parse_recipe(yaml.safe_dump(r.to_dict())) == r  # the new fields round-trip
+    text = MINIMAL + "  freeze: sometimes\n"
+    with pytest.raises(RecipeError, match=rf"^t.yaml:{line_of(text, 'freeze: ')}: schedule.freeze must be one of "
+                                          r"\('aiwq', 'random', 'none'\), got 'sometimes'"):
+        parse_recipe(text, "t.yaml")
+    text = MINIMAL + "method: apot\n"
+    with pytest.raises(RecipeError, match=rf"^t.yaml:{line_of(text, 'method')}: method must be one of "
+                                          r"\('duq', 'pact', 'lsq'\), got 'apot'"):
+        parse_recipe(text, "t.yaml")
+    with pytest.raises(RecipeError, match="mode: reference replays the official DuQ code"):
+        parse_recipe(MINIMAL + "mode: reference\nmethod: pact\n", "t.yaml")
+
+
+def test_prepare_model_uses_the_recipes_quantizer():
+    for method, cls in (("duq", DuQ), ("pact", PACTQuantizer), ("lsq", LSQQuantizer)):
+        recipe = parse_recipe(MINIMAL + f"method: {method}\n")
+        net = prepare_model(recipe, nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6()))
+        assert isinstance(net[0].weight_quant, cls) and isinstance(net[1].quantizer, cls), method
+
+
+def test_freeze_none_freezes_nothing_and_needs_no_ranking():
+    recipe = parse_recipe(MINIMAL + "  freeze: none\n")
+    net = small_net()
+    for frac in (Fraction(0), Fraction(1, 3), Fraction(2, 3)):
+        assert frozen_for_phase(recipe, Phase("w4_ft", "ft", 1, 0, 4, 4, freeze_fraction=frac), net, None) == ()
+    assert set(frozen_for_phase(recipe, Phase("w4_bn", "bn", 1, 0, 4, 4), net, None)) == {"0", "3", "6", "11"}
+    # the same phases and epochs as PROFIT, only nothing frozen
+    assert [p.name for p in expand_phases(recipe)] == [p.name for p in expand_phases(parse_recipe(MINIMAL))]
+    d = plan_dict(recipe, num_layers=52)
+    assert [p["frozen_layers"] for p in d["phases"] if p["name"].startswith("w4_ft")] == [0, 0, 0]
+    rows = format_plan(recipe, num_layers=52)
+    assert "freezing: none, with the same phases and epochs" in rows
+    assert "0 of 52 (2/3, freeze none)" in rows and "AIWQ sampled" not in rows
+
+
+def test_freeze_random_freezes_as_many_seeded_nested_layers():
+    base = parse_recipe(MINIMAL + "  freeze: random\n")
+    net = prepare_model(base, _tiny_mobilenet(base))
+    ft2 = Phase("w4_ft2", "ft", 1, 0, 4, 4, freeze_fraction=Fraction(1, 3))
+    ft3 = Phase("w4_ft3", "ft", 1, 0, 4, 4, freeze_fraction=Fraction(2, 3))
+    two, three = frozen_for_phase(base, ft2, net, None), frozen_for_phase(base, ft3, net, None)
+    assert (len(two), len(three)) == (17, 34)  # floor(52/3), floor(104/3): as many as PROFIT freezes
+    assert three[:17] == two  # nested, like the AIWQ ranking
+    order = random_freeze_order(net, seed=0)
+    assert sorted(order) == sorted(n for n, m in net.named_modules() if type(m).__name__ == "QConv2d")
+    assert list(three) == order[:34]
+    assert frozen_for_phase(base, ft2, net, None) == two  # reproducible
+    other = dataclasses.replace(base, seed=1)
+    assert frozen_for_phase(other, ft2, net, None) != two  # the recipe's seed draws the layers
+    rows = format_plan(base, num_layers=52)
+    assert "all but 17 random layers' weights" in rows and "17 of 52 (1/3, freeze random)" in rows
+
+
+def _float_small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )
+
+
+SHORT = MINIMAL.replace("  fp_epochs: 1", "  fp_epochs: 0").replace("[8, 4]", "[4]") + (
+    "  bn_stabilize: false\n  sampling_epochs: 1\n")
+
+
+@pytest.fixture(scope="module")
+def policy_runs(tmp_path_factory) -> tuple[Path, dict]:
+    """The same short recipe run with each freezing policy, from the same float net (one run each)."""
+    out = tmp_path_factory.mktemp("policies")
+    runs = {}
+    for name in ("aiwq", "none", "random"):
+        runs[name] = run_recipe(parse_recipe(SHORT + f"  freeze: {name}\n"), _float_small_net(), Batches(), None,
+                                out_dir=out / name)
+    return out, runs
+
+
+@pytest.mark.parametrize("policy", ["none", "random"])
+def test_run_recipe_with_another_policy_trains_the_same_until_freezing_starts(policy_runs, policy):
+    """The AIWQ tracker only measures: without it (freeze none/random) sampling and ft1 end bit-identical."""
+    out, runs = policy_runs
+    profit, other = runs["aiwq"], runs[policy]
+    assert [p.phase.name for p in other.phases] == ["a4_ft", "w4_sampling", "w4_ft1", "w4_ft2", "w4_ft3"]
+    assert other.ranking is None and not (out / policy / "aiwq_ranking.json").exists()
+    assert profit.ranking is not None
+    for i in range(3):  # a4_ft, w4_sampling, w4_ft1: nothing frozen in either run
+        same = [{k: v for k, v in r.items() if k != "wall_s"} for r in profit.phases[i].history]
+        assert same == [{k: v for k, v in r.items() if k != "wall_s"} for r in other.phases[i].history]
+    after_ft1 = [load_checkpoint(out / name / "02_w4_ft1").model_state for name in ("aiwq", policy)]
+    assert after_ft1[0].keys() == after_ft1[1].keys()
+    assert all(torch.equal(after_ft1[0][k], after_ft1[1][k]) for k in after_ft1[0])
+    frozen = {p.phase.name: p.frozen for p in other.phases}
+    if policy == "none":
+        assert frozen["w4_ft2"] == frozen["w4_ft3"] == ()
+    else:
+        order = json.loads((out / policy / "random_order.json").read_text())["order"]
+        assert frozen["w4_ft2"] == tuple(order[:1]) and frozen["w4_ft3"] == tuple(order[:2])
