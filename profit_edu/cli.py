@@ -320,7 +320,10 @@ def _bits_label(weight_bits: int | None, act_bits: int | None) -> str:
 
 
 def build_model(args: dict[str, Any]) -> nn.Module:
-    """Build (and quantize) the model that a run's ``meta["model_args"]`` describes."""
+    """Build (and quantize) the model that a run's ``meta["model_args"]`` describes.
+
+    ``method`` (the quantizer: duq, pact or lsq) is recorded by recipe runs; plain ``train`` runs use DuQ.
+    """
     from . import models
     from .layers import quantize_model
 
@@ -335,7 +338,8 @@ def build_model(args: dict[str, Any]) -> nn.Module:
         kwargs["negative_padding"] = True
     model = builders[args["model"]](args["num_classes"], **kwargs)
     if args["weight_bits"] is not None or args["act_bits"] is not None:
-        quantize_model(model, weight_bits=args["weight_bits"], act_bits=args["act_bits"])
+        quantize_model(model, weight_bits=args["weight_bits"], act_bits=args["act_bits"],
+                       method=args.get("method", "duq"))
     return model
 
 
@@ -604,7 +608,7 @@ def _record_in_ledger(state: Any, info: dict[str, Any], device: str, argv: list[
 
     meta, model_args = state.meta, state.meta["model_args"]
     wb, ab = model_args["weight_bits"], model_args["act_bits"]
-    method = "fp" if wb is None and ab is None else "duq"
+    method = "fp" if wb is None and ab is None else model_args.get("method", "duq")
     wall = sum(float(r.get("wall_s") or 0.0) for r in state.history)
     for name, r in info["metrics"].items():
         ledger.append({

@@ -555,26 +555,60 @@ class PACTQuantizer(Quantizer):
 
 
 class LSQQuantizer(Quantizer):
-    """LSQ in the quantizer interface: one learnable step ``s``, initialised as 2 mean|x| / sqrt(Qp)."""
+    """LSQ in the quantizer interface: one learnable step ``s``, initialised as 2 mean|x| / sqrt(Qp).
+
+    ``s`` is the step at the bit width it was initialised at (the buffer ``s_bits``). At other bit widths the step
+    is ``s * Qp(s_bits) / Qp(bits)``, so the clipping range ``Qp * step`` stays where LSQ learned it when
+    :func:`~profit_edu.layers.set_bits` lowers the bits progressively, as PACT's and DuQ's clip values do. (A
+    step kept as is would shrink the range with the bits: 8 -> 4 signed bits cut it from 127 s to 7 s.) At the
+    initialisation bit width, this is LSQ exactly.
+
+    >>> q = LSQQuantizer("signed", 8)
+    >>> q.init_from(torch.full((4,), 1.0))        # s = 2 * 1 / sqrt(127) at 8 bits
+    >>> q.bits = 4
+    >>> round(q.step() * 7, 4) == round(float(q.s) * 127, 4)   # same clipping range at 4 bits
+    True
+    """
 
     modes = ("signed", "unsigned")
 
     def __init__(self, mode: str, bits: int | None = None, **kwargs) -> None:
         super().__init__(mode, bits, **kwargs)
         self.s = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("s_bits", torch.tensor(8, dtype=torch.int64))
+        self._s_bits = 8  # python mirror of `s_bits`: no device sync in forward
+        self.register_load_state_dict_post_hook(_sync_s_bits)
 
     def init_from(self, x: Tensor, *, cap: float | None = None) -> None:
-        qp = _lsq_bounds(self._bits or 8, self.mode)[1]
+        bits = self._bits or 8
+        qp = _lsq_bounds(bits, self.mode)[1]
         value = 2.0 * float(x.detach().abs().mean()) / math.sqrt(qp)
         with torch.no_grad():
             self.s.fill_(value if value > 0 else 1e-3)
+            self.s_bits.fill_(bits)
+        self._s_bits = bits
         self.initialized.fill_(True)
         self._ready = True
+
+    def _step_ratio(self) -> float:
+        ref = self._s_bits
+        return 1.0 if ref == self._bits else _lsq_bounds(ref, self.mode)[1] / _lsq_bounds(self._bits, self.mode)[1]
+
+    def step(self) -> float:
+        """The step size in use at the current bit width, as a float."""
+        return float(self.s.abs()) * self._step_ratio()
 
     def quantize(self, x: Tensor) -> Tensor:
         qn, qp = _lsq_bounds(self._bits, self.mode)
         s = _scale_grad(self.s.abs(), 1.0 / math.sqrt(x.numel() * qp)).to(x.dtype)
+        ratio = self._step_ratio()
+        if ratio != 1.0:
+            s = s * ratio
         return round_ste(torch.clamp(x / s, qn, qp)) * s
+
+
+def _sync_s_bits(module: LSQQuantizer, incompatible_keys: object) -> None:
+    module._s_bits = int(module.s_bits)
 
 
 METHODS = ("duq", "pact", "lsq")

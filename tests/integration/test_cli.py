@@ -208,3 +208,14 @@ def test_train_recipe_runs_and_resumes(capsys, tmp_path):
     assert status == 0 and "skipped 10 phases" in out
     status, _, err = run_cli(capsys, "train", "--recipe", "tiny", "--lr", "0.1", "--out", str(tmp_path))
     assert status == 2 and "--lr would contradict it" in err
+
+
+@pytest.mark.parametrize("method", ["pact", "lsq"])
+def test_evaluate_rebuilds_the_quantizer_a_recipe_run_used(method):
+    from profit_edu.cli import build_model
+    from profit_edu.quant import LSQQuantizer, PACTQuantizer
+
+    args = {"model": "mobilenet_v2", "num_classes": 10, "width_mult": 0.25, "cifar_stem": True, "stem_stride": 2,
+            "weight_bits": 4, "act_bits": 4, "method": method}
+    kinds = {type(m) for m in build_model(args).modules() if isinstance(m, (LSQQuantizer, PACTQuantizer))}
+    assert kinds == {LSQQuantizer if method == "lsq" else PACTQuantizer}
