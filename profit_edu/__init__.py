@@ -11,12 +11,13 @@ for h-swish, the AIWQ instability metric and progressive freezing. Modules, in t
 * :mod:`profit_edu.train`  - training and evaluation loops, KD, weight EMA, schedules
 * :mod:`profit_edu.checkpoint` - safetensors + JSON checkpoints that resume exactly
 * :mod:`profit_edu.data`   - CIFAR-10 (offline copy or checksummed download), ImageNet folders, synthetic data
+* :mod:`profit_edu.pretrained` - the shipped pretrained float checkpoints quantization starts from
 * :mod:`profit_edu.packed` - bit packing, BN folding, the bit-exact integer engine, packed files, ONNX export
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import aiwq, checkpoint, data, layers, models, packed, profit, quant, train
+from . import aiwq, checkpoint, data, layers, models, packed, pretrained, profit, quant, train
 from .layers import calibrate, quantize_model, set_bits
 from .train import ModelEMA, TrainConfig, evaluate, fit
 
@@ -38,6 +39,7 @@ __all__ = [
     "layers",
     "models",
     "packed",
+    "pretrained",
     "profit",
     "quant",
     "quantize_model",

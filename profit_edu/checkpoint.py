@@ -68,6 +68,7 @@ __all__ = [
     "load_checkpoint",
     "load_state_strict",
     "quantizer_bits",
+    "release_checkpoint",
     "save_checkpoint",
 ]
 
@@ -334,17 +335,25 @@ def save_checkpoint(
         tensors |= _to_saveable(_momentum_by_name(model, optimizer), "momentum")
     tensors |= _to_saveable(dict(rng or {}), "rng")
     tensors |= _to_saveable(dict(extra or {}), "extra")
+    json_path = _write(directory, epoch, tensors, has_ema=ema_model is not None, bits=quantizer_bits(model),
+                       config=config, meta=meta, history=history)
+    log.info("saved checkpoint of epoch %d to %s", epoch, json_path)
+    return json_path
+
+
+def _write(directory: Path, epoch: int, tensors: dict[str, Tensor], *, has_ema: bool,
+           bits: Mapping[str, int | None], config: Mapping[str, Any] | None, meta: Mapping[str, Any] | None,
+           history: Iterable[Mapping[str, Any]]) -> Path:
+    """Write the tensor file, then the JSON that points to it (the commit point); drop older tensor files."""
     blob = safetensors_save(tensors, metadata={"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION)})
     digest = hashlib.sha256(blob).hexdigest()
     file_name = _tensor_file_name(epoch, digest)
-
     doc = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "epoch": epoch,
-        "tensors": {"file": file_name, "sha256": digest, "bytes": len(blob),
-                    "has_ema": ema_model is not None},
-        "bits": quantizer_bits(model),
+        "tensors": {"file": file_name, "sha256": digest, "bytes": len(blob), "has_ema": has_ema},
+        "bits": dict(bits),
         "config": _jsonable(dict(config or {}), "config"),
         "meta": _jsonable(dict(meta or {}), "meta"),
         "history": _jsonable(list(history), "history"),
@@ -357,7 +366,36 @@ def save_checkpoint(
     for stale in directory.glob("epoch-*.safetensors"):  # older epochs, and leftovers of a killed run
         if stale.name != file_name:
             stale.unlink(missing_ok=True)
-    log.info("saved checkpoint of epoch %d to %s", epoch, json_path)
+    return json_path
+
+
+def release_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, use_ema: bool = False) -> Path:
+    """Copy a run's last checkpoint to ``dst`` with the model weights only: the form in which one is shipped.
+
+    Momentum, RNG states and extra tensors are dropped (they only matter for resuming), and so is the EMA copy,
+    unless ``use_ema`` makes the EMA weights *the* model. Epoch, history, config and meta are kept, and
+    ``meta["released_from"]`` records the source and which copy was kept; ``SHA256SUMS`` beside the two files
+serves ``sha256sum -c``. The result loads with
+    :func:`load_checkpoint` (so ``profit-edu evaluate`` and ``--init`` take it) and is a few MB for a small model.
+
+    Raises:
+        CheckpointError: ``src`` is not a valid checkpoint, or ``use_ema`` and it holds no EMA weights.
+    """
+    state = load_checkpoint(src)
+    if use_ema and state.ema_state is None:
+        raise CheckpointError(f"{state.path} holds no EMA weights to release (the run had ema_decay none)")
+    weights = state.ema_state if use_ema else state.model_state
+    meta = dict(state.meta)
+    meta["released_from"] = {"checkpoint": str(state.path), "copy": "ema" if use_ema else "model",
+                             "sha256": json.loads(state.path.read_text())["tensors"]["sha256"]}
+    directory = Path(dst)
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path = _write(directory, state.epoch, _to_saveable(weights, "model"), has_ema=False, bits=state.bits,
+                       config=state.config, meta=meta, history=state.history)
+    tensor_file = json.loads(json_path.read_text())["tensors"]["file"]
+    sums = "".join(f"{hashlib.sha256((directory / f).read_bytes()).hexdigest()}  {f}\n"
+                   for f in (JSON_NAME, tensor_file))
+    atomic_write_bytes(directory / "SHA256SUMS", sums.encode())  # for `sha256sum -c SHA256SUMS`
     return json_path
 
 

@@ -9,6 +9,8 @@ Subcommands (one ``_add_<name>_parser`` function and one ``cmd_<name>`` function
     rebuild the model a ``train`` run saved, load its checkpoint, print top-1/top-5.
 ``plan``
     print the phase timeline of a PROFIT recipe (:mod:`profit_edu.profit`); ``train --recipe`` runs it.
+``release``
+    copy a run's last checkpoint with the weights only (how ``data/pretrained`` checkpoints are made).
 ``pack``, ``run-packed``
     turn a trained quantized run into a packed integer model file, and classify images with it
     (:mod:`profit_edu.packed.cli`).
@@ -36,8 +38,8 @@ from torch import nn
 from . import __version__
 from .packed.cli import add_pack_commands
 
-__all__ = ["SCALES", "CLIError", "Scale", "build_model", "build_parser", "cmd_evaluate", "cmd_plan", "cmd_train",
-           "main"]
+__all__ = ["SCALES", "CLIError", "Scale", "build_model", "build_parser", "cmd_evaluate", "cmd_plan", "cmd_release",
+           "cmd_train", "main"]
 
 DESCRIPTION = """\
 profit-edu: train, evaluate and export sub-4-bit MobileNets with PROFIT (Park & Yoo, ECCV 2020).
@@ -267,6 +269,9 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--ledger", action="store_true",
                    help="append the top-1 of the model and its EMA to benchmarks/results/ledger.jsonl, with the "
                         "run's training command and seed (how every number the book reports is recorded)")
+    p.add_argument("--ledger-id", default=None, metavar="ID",
+                   help="with --ledger: the line's id (default: scale/dataset/model/method/bits/copy); an EMA "
+                        "copy gets ID/ema")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(handler=cmd_evaluate)
 
@@ -284,6 +289,29 @@ def _add_plan_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_plan)
 
 
+def _add_release_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "release", help="copy a run's checkpoint with its weights only, for shipping",
+        description="Copy the last checkpoint of a 'profit-edu train' run to OUT with the model weights only "
+                    "(no momentum, RNG or EMA copy; --ema ships the EMA weights as the model), plus SHA256SUMS. "
+                    "The copy loads like any run directory: 'profit-edu evaluate OUT', --init OUT.")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="a run directory written by train --out")
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="where to write the copy")
+    p.add_argument("--ema", action="store_true", help="release the EMA weights instead of the model's")
+    p.set_defaults(handler=cmd_release)
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """Run ``profit-edu release``."""
+    from .checkpoint import release_checkpoint
+
+    path = release_checkpoint(args.run, args.out, use_ema=args.ema)
+    doc = json.loads(path.read_text())
+    _say(f"released {args.run} ({'EMA' if args.ema else 'model'} weights, epoch {doc['epoch'] + 1}) to {path.parent}: "
+         f"{doc['tensors']['file']}, {doc['tensors']['bytes']:,} bytes, sha256 {doc['tensors']['sha256']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``profit-edu`` parser; each subcommand sets ``handler`` to the function that runs it."""
     parser = argparse.ArgumentParser(prog="profit-edu", description=DESCRIPTION,
@@ -294,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(commands)
     _add_evaluate_parser(commands)
     _add_plan_parser(commands)
+    _add_release_parser(commands)
     add_pack_commands(commands)
     return parser
 
@@ -589,8 +618,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     info = {"checkpoint": str(args.checkpoint), "epoch": state.epoch + 1, "epochs": state.config.get("epochs"),
             "model": model_args["model"], "bits": _bits_label(model_args["weight_bits"], model_args["act_bits"]),
             "dataset": used, "images": len(test), "metrics": results}
+    if args.ledger_id is not None and not args.ledger:
+        raise CLIError("--ledger-id names a ledger line: pass --ledger too")
     if args.ledger:
-        _record_in_ledger(state, info, device, args.argv)
+        _record_in_ledger(state, info, device, args.argv, line_id=args.ledger_id)
     if args.json:
         _say(json.dumps(info))
         return 0
@@ -602,8 +633,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record_in_ledger(state: Any, info: dict[str, Any], device: str, argv: list[str]) -> None:
-    """One ledger line per evaluated copy (model, EMA), carrying the training command and seed of the run."""
+def _record_in_ledger(state: Any, info: dict[str, Any], device: str, argv: list[str], *,
+                      line_id: str | None = None) -> None:
+    """One ledger line per evaluated copy (model, EMA), carrying the training command and seed of the run and
+    the sha256 of the evaluated tensor file."""
     from . import ledger
 
     meta, model_args = state.meta, state.meta["model_args"]
@@ -612,7 +645,9 @@ def _record_in_ledger(state: Any, info: dict[str, Any], device: str, argv: list[
     wall = sum(float(r.get("wall_s") or 0.0) for r in state.history)
     for name, r in info["metrics"].items():
         ledger.append({
-            "id": f"{meta.get('scale')}/{info['dataset']}/{info['model']}/{method}/w{wb}a{ab}/{name}",
+            "id": (f"{meta.get('scale')}/{info['dataset']}/{info['model']}/{method}/w{wb}a{ab}/{name}"
+                   if line_id is None else line_id + ("/ema" if name == "ema" else "")),
+            "sha256": json.loads(state.path.read_text())["tensors"]["sha256"],
             "hardware": ledger.hardware(device), "scale": meta.get("scale"), "dataset": info["dataset"],
             "model": info["model"], "width_mult": model_args["width_mult"], "cifar_stem": model_args["cifar_stem"],
             "stem_stride": model_args["stem_stride"], "method": method, "weight_bits": wb, "act_bits": ab,

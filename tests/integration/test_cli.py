@@ -172,6 +172,12 @@ def test_tiny_train_resume_evaluate_and_init(capsys, tmp_path, monkeypatch):
     assert [r["copy"] for r in lines] == ["model", "ema"]
     assert lines[0]["value"] == pytest.approx(result["metrics"]["model"]["top1"], abs=0.01)
     assert lines[0]["weight_bits"] == 4 and lines[0]["seed"] == 1 and "--init" in lines[0]["command"]
+    assert lines[0]["sha256"] == json.loads((q_run / "checkpoint.json").read_text())["tensors"]["sha256"]
+    status, _, err = run_cli(capsys, "evaluate", str(q_run), "--ledger", "--ledger-id", "mine/q")
+    assert status == 0, err
+    assert [json.loads(line)["id"] for line in ledger_file.read_text().splitlines()[2:]] == ["mine/q", "mine/q/ema"]
+    status, _, err = run_cli(capsys, "evaluate", str(q_run), "--ledger-id", "mine/q")
+    assert status == 2 and "pass --ledger too" in err
 
 
 def test_console_entry_point_runs_in_a_fresh_process():
