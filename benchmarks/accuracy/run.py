@@ -1,6 +1,6 @@
 """Train and score the accuracy benchmark's variants from one float checkpoint; one ledger line per number.
 
-    python benchmarks/accuracy/run.py --init runs/pretrain-v2-w05 [--recipe quick] [--seeds 0 1 2] \\
+    python benchmarks/accuracy/run.py [--init RUN_DIR] [--recipe quick] [--seeds 0 1 2] \\
         [--variants fp duq_w4a4 profit_w4a4 ...] [--out runs/accuracy] [--set schedule.ft_epochs=2]
 
 Variants (default: all, in this order; ``fp`` is scored once, whatever the seeds):
@@ -26,7 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from variants import VARIANTS, InitError, apply_overrides, check_init, load_init, parse_set, run_variant, variant_recipe
 
+from profit_edu.checkpoint import CheckpointError
+from profit_edu.pretrained import pretrained_dir
 from profit_edu.profit import expand_phases, load_recipe
+
+SHIPPED = "cifar10-mobilenet_v2-w0.5-s2"  # the quick recipe's model, trained by `profit-edu train` on CIFAR-10
 
 __doc__ = __doc__.format(variants="\n".join(f"    {v.name:12s} {v.description}" for v in VARIANTS.values()))
 
@@ -49,8 +53,9 @@ def _show_progress() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", required=True, type=Path, metavar="DIR",
-                   help="the float 'profit-edu train' run every variant starts from (its model must be the recipe's)")
+    p.add_argument("--init", type=Path, default=None, metavar="DIR",
+                   help="the float 'profit-edu train' run every variant starts from (its model must be the recipe's; "
+                        f"default: the shipped data/pretrained/{SHIPPED}, sha256-checked)")
     p.add_argument("--recipe", default="quick", help="a recipe file or shipped name (default: quick)")
     p.add_argument("--variants", nargs="+", default=["all"], metavar="NAME",
                    help=f"which variants, or 'all' (default): {', '.join(VARIANTS)}")
@@ -99,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
+        if args.init is None:
+            shipped = pretrained_dir(SHIPPED)
+            args.init = shipped.relative_to(Path.cwd()) if shipped.is_relative_to(Path.cwd()) else shipped
         runs = plan(args, variants)
-    except (InitError, ValueError, FileNotFoundError) as err:
+    except (InitError, ValueError, FileNotFoundError, CheckpointError) as err:
         print(f"run.py: error: {err}", file=sys.stderr)
         return 2
     total = sum(e for _, _, e in runs)

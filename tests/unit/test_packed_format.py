@@ -1,7 +1,9 @@
 """The packed file format (profit_edu.packed.fileformat): round trip, exact size, and every kind of bad file."""
 
+import base64
 import json
 import struct
+import zlib
 
 import pytest
 import torch
@@ -17,7 +19,14 @@ from profit_edu.packed import (
     read_packed,
     save_packed,
 )
-from profit_edu.packed.fileformat import _digest, _split, packed_bytes, program_to_json
+from profit_edu.packed.fileformat import (
+    MAX_PROGRAM_BYTES,
+    _decompress_program,
+    _digest,
+    _split,
+    packed_bytes,
+    program_to_json,
+)
 
 from .test_packed_engine import _one_thread, program_of, qat_model, random_images  # noqa: F401 (fixture)
 
@@ -27,13 +36,21 @@ def blob() -> bytes:
     return packed_bytes(program_of("mobilenet_v3_small"))
 
 
+def encode(text: str) -> str:
+    return base64.b64encode(zlib.compress(text.encode())).decode()
+
+
+def program_text(blob: bytes) -> str:
+    return _decompress_program(_split(blob)[0]["__metadata__"]["program"])
+
+
 def rewrite(blob: bytes, *, program=None, tensors=None, meta=None, fix_sha: bool = True) -> bytes:
-    """A file with parts replaced (and, by default, a correct checksum for them)."""
+    """A file with parts replaced (``program``: plain JSON text) and, by default, a correct checksum for them."""
     header, _ = _split(blob)
     old_meta = dict(header["__metadata__"])
-    text = program if program is not None else old_meta["program"]
+    text = program if program is not None else program_text(blob)
     tensors = tensors if tensors is not None else program_tensors(blob)
-    new_meta = old_meta | {"program": text} | (meta or {})
+    new_meta = old_meta | {"program": encode(text)} | (meta or {})
     raw = safetensors_save(tensors, metadata=new_meta)
     if fix_sha:
         _, data = _split(raw)
@@ -105,8 +122,8 @@ def test_flipped_bits(blob, where):
 
 
 def test_wrong_version_and_format(blob):
-    with pytest.raises(PackedFormatError, match="format version '2'; this profit-edu reads version 1"):
-        read_packed(rewrite(blob, meta={"version": "2"}))
+    with pytest.raises(PackedFormatError, match="format version '1'; this profit-edu reads version 2"):
+        read_packed(rewrite(blob, meta={"version": "1"}))
     with pytest.raises(PackedFormatError, match="not a packed file"):
         read_packed(rewrite(blob, meta={"format": "something-else"}))
     with pytest.raises(PackedFormatError, match="__metadata__"):
@@ -114,10 +131,22 @@ def test_wrong_version_and_format(blob):
 
 
 def test_edited_program_without_checksum(blob):
-    header, _ = _split(blob)
-    text = header["__metadata__"]["program"].replace('"padding":1', '"padding":2', 1)
+    text = program_text(blob).replace('"padding":1', '"padding":2', 1)
     with pytest.raises(PackedFormatError, match="SHA-256 mismatch"):
         read_packed(rewrite(blob, program=text, fix_sha=False))
+
+
+def test_program_metadata_that_is_not_compressed_json(blob):
+    bomb = base64.b64encode(zlib.compress(b" " * (MAX_PROGRAM_BYTES + 1))).decode()  # 16 kB that inflate to 16 MB
+    for bad, why in [("not base64!", "not base64"), (base64.b64encode(b"plain").decode(), "not base64 of zlib"),
+                     (encode("{}")[:-8], "not base64|truncated"), (bomb, "larger than")]:
+        with pytest.raises(PackedFormatError, match=why):
+            read_packed(rewrite(blob, meta={"program": bad}))
+
+
+def test_the_program_is_stored_compressed(blob):
+    stored = _split(blob)[0]["__metadata__"]["program"]
+    assert len(stored) * 3 < len(program_text(blob))
 
 
 def test_mismatched_program_and_tensors_with_valid_checksum(blob):
@@ -134,7 +163,7 @@ def test_mismatched_program_and_tensors_with_valid_checksum(blob):
 
 
 def test_program_field_errors(blob):
-    doc = json.loads(_split(blob)[0]["__metadata__"]["program"])
+    doc = json.loads(program_text(blob))
     conv = next(i for i, op in enumerate(doc["ops"]) if op["op"] == "conv")
 
     def edited(change) -> bytes:
