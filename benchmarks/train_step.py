@@ -51,6 +51,8 @@ def run_config(name: str, repeats: int, seed: int, compile_: bool) -> dict:
     steps = {"fp": sgd_step(fp, x, y, **opt), "w4a4": sgd_step(q, x, y, **opt)}
     compile_s = None
     if compile_:
+        with torch.no_grad():
+            q(x)  # quantizers initialise from data eagerly, as fit() does: compile traces only the steady state
         qc = torch.compile(copy.deepcopy(q))
         t0 = time.perf_counter()
         sgd_step(qc, x, y, **opt)()

@@ -546,15 +546,23 @@ def _train_epoch(
     *, teacher: nn.Module | None, ema: ModelEMA | None, device: torch.device, last_good: str,
     forward: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """One epoch of SGD; ``forward`` (e.g. a ``torch.compile``d ``model``) runs the steps when given."""
+    """One epoch of SGD; ``forward`` (e.g. a ``torch.compile``d ``model``) runs the steps when given.
+
+    Steps run eagerly through ``model`` until every active quantizer has initialised itself from data: the
+    data-dependent initialisation (``.item()``, parameter copies) would otherwise be traced by ``torch.compile``,
+    breaking the graph at every quantizer and exhausting its recompilation limit (the compiled steps then ran
+    slower than eager ones). The numbers computed are the same either way.
+    """
     model.train()
     forward = forward if forward is not None else model
+    ready = forward is model or _quantizers_ready(model)
     n = correct = steps = 0
     loss_sum = 0.0
     bar = _bar(loader, config.progress, f"epoch {epoch}", total=_safe_len(loader))
     for step, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = forward(x)
+        logits = (forward if ready else model)(x)
+        ready = ready or _quantizers_ready(model)
         loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
         if teacher is not None and config.kd_weight > 0:
             with torch.no_grad():
@@ -583,6 +591,11 @@ def _train_epoch(
     if n == 0:
         raise ValueError(f"the training loader yielded no batches in epoch {epoch}")
     return {"train_loss": loss_sum / n, "train_top1": 100.0 * correct / n, "steps": steps}
+
+
+def _quantizers_ready(model: nn.Module) -> bool:
+    """Whether every quantizer that is on (bits not None) has initialised its parameters from data."""
+    return all(q._ready for _, q in quantizers(model) if q.bits is not None)
 
 
 def _safe_len(loader: object) -> int | None:

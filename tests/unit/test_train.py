@@ -414,6 +414,13 @@ def test_compile_option_trains_through_the_compiled_module_and_saves_the_eager_o
     with pytest.raises(ValueError, match="compile"):
         TrainConfig(compile="yes")
 
+    # a quantized model: the first step initialises the quantizers eagerly, the compiled module runs the rest
+    compiled.clear()
+    torch.manual_seed(0)
+    qnet = quantize_model(tiny_cnn(), 4, 4)
+    fit(qnet, TinyLoader(x, y, 8), None, TrainConfig(epochs=1, lr=0.1, compile=True))
+    assert compiled[0].calls == 1 and all(q._ready for _, q in quantizers(qnet))
+
 
 class _NaNAfter(nn.Module):
     """Returns NaN logits from the ``when``-th forward pass in training mode on."""
