@@ -78,22 +78,29 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd W4A4 step")
     p.add_argument("--no-ledger", action="store_true")
     args = p.parse_args(argv)
+    path = RESULTS / "train_step.json"
+    previous = json.loads(path.read_text())["results"] if path.exists() else []
     result = {"benchmark": "train_step", "hardware": ledger.hardware(), "torch": torch.__version__,
               "seed": args.seed, "results": []}
     for name in args.configs:
         r = run_config(name, args.repeats, args.seed, args.compile)
         result["results"].append(r)
         if not args.no_ledger:
-            ledger.append({
-                "id": f"train_step/mobilenet_v2/{name}/w4a4", "hardware": result["hardware"], "scale": "tiny",
-                "dataset": "random", "model": "mobilenet_v2", "width_mult": r["model_kwargs"].get("width_mult", 1.0),
-                "method": "duq", "weight_bits": 4, "act_bits": 4, "seed": args.seed,
-                "metric": "step_time_ratio_vs_fp", "value": round(r["w4a4_vs_fp"]["median"], 4),
-                "spread": [round(r["w4a4_vs_fp"]["q1"], 4), round(r["w4a4_vs_fp"]["q3"], 4)],
-            })
+            common = {"hardware": result["hardware"], "scale": "tiny", "dataset": "random", "model": "mobilenet_v2",
+                      "width_mult": r["model_kwargs"].get("width_mult", 1.0), "method": "duq", "weight_bits": 4,
+                      "act_bits": 4, "seed": args.seed}
+            rows = [("w4a4", "step_time_ratio_vs_fp", r["w4a4_vs_fp"])]
+            if "w4a4_compiled_vs_fp_eager" in r:
+                rows.append(("w4a4-compiled", "step_time_ratio_compiled_vs_fp_eager", r["w4a4_compiled_vs_fp_eager"]))
+            for suffix, metric, stats in rows:
+                ledger.append(common | {"id": f"train_step/mobilenet_v2/{name}/{suffix}", "metric": metric,
+                                        "value": round(stats["median"], 4),
+                                        "spread": [round(stats["q1"], 4), round(stats["q3"], 4)]})
         print(json.dumps(r, indent=2), flush=True)
+    # configs not run this time keep their earlier results
+    result["results"] += [r for r in previous if r["config"] not in args.configs]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train_step.json").write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
