@@ -330,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------
+def _ema_part(record: dict[str, Any]) -> str:
+    """`` (EMA 71.20%)`` for an epoch record with an EMA score, else nothing."""
+    ema = record.get("ema_val_top1")
+    return "" if ema is None else f" (EMA {ema:.2f}%)"
+
+
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
@@ -505,8 +511,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     history = fit(model, train_loader, val_loader, config, out_dir=out, resume=resume, callback=report, meta=meta)
     last = history[-1]
-    _say(f"done: test top-1 {last['val_top1']:.2f}% (EMA {last['ema_val_top1'] or float('nan'):.2f}%); "
-         f"checkpoint in {out}")
+    _say(f"done: test top-1 {last['val_top1']:.2f}%{_ema_part(last)}; checkpoint in {out}")
     return 0
 
 
@@ -567,8 +572,7 @@ def _train_recipe(args: argparse.Namespace) -> int:
         top = ", ".join(f"{name} ({value:.3g})" for name, value in result.ranking[:5])
         _say(f"AIWQ ranking (top 5 of {len(result.ranking)}): {top}; all in {args.out / 'aiwq_ranking.json'}")
     last = result.phases[-1].history[-1]
-    _say(f"done: test top-1 {last['val_top1']:.2f}% (EMA {last['ema_val_top1'] or float('nan'):.2f}%); "
-         f"checkpoints in {args.out}")
+    _say(f"done: test top-1 {last['val_top1']:.2f}%{_ema_part(last)}; checkpoints in {args.out}")
     return 0
 
 

@@ -60,7 +60,7 @@ PRETRAINED: dict[str, Pretrained] = {
             name="cifar10-mobilenet_v2-w0.5-s2",
             model_args={"model": "mobilenet_v2", "num_classes": 10, "width_mult": 0.5, "cifar_stem": True,
                         "stem_stride": 2, "negative_padding": False, "weight_bits": None, "act_bits": None},
-            sha256="",
+            sha256="f985ece109e0d38255a9e21a466ab01006ee737b092f0901f8afe8217caaa710",
             ledger_id="pretrained/cifar10-mobilenet_v2-w0.5-s2/top1",
         ),
     ]
