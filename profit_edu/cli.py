@@ -270,8 +270,8 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
                    help="append the top-1 of the model and its EMA to benchmarks/results/ledger.jsonl, with the "
                         "run's training command and seed (how every number the book reports is recorded)")
     p.add_argument("--ledger-id", default=None, metavar="ID",
-                   help="with --ledger: the line's id (default: scale/dataset/model/method/bits/copy); an EMA "
-                        "copy gets ID/ema")
+                   help="with --ledger: the line's id (default: scale/dataset/model/stem-width/method/bits/"
+                        "copy); an EMA copy gets ID/ema")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(handler=cmd_evaluate)
 
@@ -646,10 +646,12 @@ def _record_in_ledger(state: Any, info: dict[str, Any], device: str, argv: list[
     meta, model_args = state.meta, state.meta["model_args"]
     wb, ab = model_args["weight_bits"], model_args["act_bits"]
     method = "fp" if wb is None and ab is None else model_args.get("method", "duq")
+    stem = (f"cifar-stem-s{model_args['stem_stride']}" if model_args["cifar_stem"] else "stock") + \
+        f"-w{model_args['width_mult']:g}"
     wall = sum(float(r.get("wall_s") or 0.0) for r in state.history)
     for name, r in info["metrics"].items():
         ledger.append({
-            "id": (f"{meta.get('scale')}/{info['dataset']}/{info['model']}/{method}/w{wb}a{ab}/{name}"
+            "id": (f"{meta.get('scale')}/{info['dataset']}/{info['model']}/{stem}/{method}/w{wb}a{ab}/{name}"
                    if line_id is None else line_id + ("/ema" if name == "ema" else "")),
             "sha256": json.loads(state.path.read_text())["tensors"]["sha256"],
             "hardware": ledger.hardware(device), "scale": meta.get("scale"), "dataset": info["dataset"],
