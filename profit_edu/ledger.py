@@ -31,12 +31,16 @@ def default_path() -> Path:
 
 
 def git_commit(cwd: Path | None = None) -> str:
-    """The current git commit (with ``+dirty`` when the work tree has changes), or ``"unknown"``."""
+    """The current git commit (with ``+dirty`` when tracked files have changes), or ``"unknown"``.
+
+    Changes under ``benchmarks/results/`` (this ledger and the benchmarks' JSON) do not count: they are outputs,
+    and appending one line would otherwise mark every later line dirty.
+    """
     cwd = cwd or Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=cwd, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

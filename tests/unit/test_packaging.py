@@ -83,6 +83,24 @@ def test_ledger_append_and_read(tmp_path):
         ledger.append({"id": "t"}, path=path)
 
 
+def test_ledger_commit_is_dirty_for_code_changes_but_not_for_results(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "ledger.jsonl").write_text("")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "init"]):
+        subprocess.run(git + cmd, cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "benchmarks" / "results" / "ledger.jsonl").write_text("{}\n")
+    assert not ledger.git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert ledger.git_commit(tmp_path).endswith("+dirty")
+
+
 def test_committed_ledger_lines_are_complete():
     for rec in ledger.read():
         missing = [k for k in ledger.REQUIRED_KEYS if k not in rec]
