@@ -414,8 +414,17 @@ def infer_arch(model: nn.Module) -> dict[str, Any]:
     raise UnsupportedModelError(f"cannot pack a {type(model).__name__}: supported are MobileNetV1, V2 and V3")
 
 
-def _stem_stride_is_cifar(model: nn.Module) -> bool:
-    return tuple(model.features[0][0].stride) == (1, 1)
+def _is_cifar_model(model: nn.Module) -> bool:
+    """Whether the network was built for 32x32 inputs (``cifar_stem``): its total stride is 16 or less.
+
+    The stock networks downsample 32-fold; the CIFAR stems 8-fold (stem stride 1) or 16-fold (stem stride 2).
+    Every MobileNet block has one strided convolution, so the total stride is the product of all of them.
+    """
+    total = 1
+    for m in model.features.modules():
+        if isinstance(m, nn.Conv2d):
+            total *= m.stride[0]
+    return total <= 16
 
 
 @torch.no_grad()
@@ -456,7 +465,7 @@ def to_program(
     if not any(isinstance(m, (QConv2d, QLinear)) for m in model.modules()):
         raise UnsupportedModelError(f"{type(model).__name__} is not quantized: call quantize_model(model, weight_bits, "
                                     "act_bits), train or calibrate it, then pack it")
-    cifar = _stem_stride_is_cifar(model)
+    cifar = _is_cifar_model(model)
     if input_size is None:
         input_size = 32 if cifar else 224
     size = (int(input_size), int(input_size)) if isinstance(input_size, int) else tuple(int(s) for s in input_size)

@@ -160,3 +160,13 @@ def test_hswish_table_against_the_formula():
     assert torch.equal(table.code_table(), table(torch.arange(table.u_min, table.u_sat + 1)))
     with pytest.raises(ValueError, match="table"):
         hswish_table(1e-9, 0, 0.375, 0, 15)
+
+
+@pytest.mark.parametrize("kwargs, cifar", [({}, False), ({"cifar_stem": True}, True),
+                                           ({"cifar_stem": True, "stem_stride": 2}, True)])
+def test_cifar_networks_are_recognised_by_their_total_stride(kwargs, cifar):
+    from profit_edu import models, quantize_model
+    from profit_edu.packed.convert import _is_cifar_model
+
+    for builder in (models.mobilenet_v1, models.mobilenet_v2, models.mobilenet_v3_small):
+        assert _is_cifar_model(quantize_model(builder(10, **kwargs), 4, 4)) is cifar
