@@ -375,8 +375,8 @@ def release_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, use_em
     Momentum, RNG states and extra tensors are dropped (they only matter for resuming), and so is the EMA copy,
     unless ``use_ema`` makes the EMA weights *the* model. Epoch, history, config and meta are kept, and
     ``meta["released_from"]`` records the source and which copy was kept; ``SHA256SUMS`` beside the two files
-serves ``sha256sum -c``. The result loads with
-    :func:`load_checkpoint` (so ``profit-edu evaluate`` and ``--init`` take it) and is a few MB for a small model.
+    serves ``sha256sum -c``. The result loads with :func:`load_checkpoint` (so ``profit-edu evaluate`` and
+    ``--init`` take it) and is a few MB for a small model.
 
     Raises:
         CheckpointError: ``src`` is not a valid checkpoint, or ``use_ema`` and it holds no EMA weights.

@@ -550,8 +550,8 @@ def _train_epoch(
 
     Steps run eagerly through ``model`` until every active quantizer has initialised itself from data: the
     data-dependent initialisation (``.item()``, parameter copies) would otherwise be traced by ``torch.compile``,
-    breaking the graph at every quantizer and exhausting its recompilation limit (the compiled steps then ran
-    slower than eager ones). The numbers computed are the same either way.
+    breaking the graph at every quantizer and exhausting its recompilation limit. The numbers computed are the
+    same either way.
     """
     model.train()
     forward = forward if forward is not None else model
