@@ -15,7 +15,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from profit_edu import ledger
 from profit_edu.checkpoint import load_checkpoint
@@ -34,13 +33,6 @@ KEYS = {"id", "date", "commit", "hardware", "scale", "dataset", "model", "width_
         "act_bits", "seed", "metric", "value", "wall_s", "command", "variant", "init_sha256", "init_commit",
         "setup", "copy"}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

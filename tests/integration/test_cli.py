@@ -16,14 +16,6 @@ from profit_edu.checkpoint import load_checkpoint
 from profit_edu.cli import SCALES, main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     """Run ``profit-edu argv`` in-process; return (exit status, stdout, stderr)."""
     try:

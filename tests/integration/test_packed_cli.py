@@ -4,7 +4,6 @@ import argparse
 import json
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
@@ -17,13 +16,6 @@ from profit_edu.packed.cli import add_pack_commands, load_image
 MODEL_ARGS = {"model": "mobilenet_v2", "num_classes": 10, "width_mult": 0.25, "cifar_stem": True,
               "stem_stride": None, "negative_padding": False, "weight_bits": 4, "act_bits": 4}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -16,13 +16,6 @@ from profit_edu.profit import build_loaders, build_model, expand_phases, load_re
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _run(recipe, out: Path, **kwargs):
     torch.manual_seed(recipe.seed)

@@ -27,14 +27,6 @@ from profit_edu.aiwq import (
 from profit_edu.layers import QConv2d
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_net(weight_bits: int | None = 4, act_bits: int | None = 4) -> nn.Module:
     """stem conv -> h-swish -> depthwise conv (padded with -3/8 once quantized) -> pointwise -> linear."""
     net = nn.Sequential(

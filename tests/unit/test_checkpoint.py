@@ -18,14 +18,6 @@ from profit_edu.checkpoint import CheckpointError, atomic_write_bytes, has_check
 from profit_edu.train import ModelEMA, TrainConfig, make_optimizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_qnet(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.Hardswish(),

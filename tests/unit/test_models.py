@@ -28,14 +28,6 @@ TV_PAIRS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small convs on a shared 2-core machine run many times faster on one thread (no OpenMP spinning).
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 def _perturb_bn(model: nn.Module) -> nn.Module:
     """Random BN statistics and affine parameters, so a wrong BN setting or a skipped layer shows up."""

@@ -78,13 +78,6 @@ def random_images(n: int = 4, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ---------------------------------------------------------------- bit-exactness
 @pytest.mark.parametrize("builder", ["mobilenet_v2", "mobilenet_v3_small"])

@@ -28,7 +28,7 @@ from profit_edu.packed.fileformat import (
     program_to_json,
 )
 
-from .test_packed_engine import _one_thread, program_of, qat_model, random_images  # noqa: F401 (fixture)
+from .test_packed_engine import program_of, qat_model, random_images
 
 
 @pytest.fixture(scope="module")

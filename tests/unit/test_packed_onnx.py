@@ -5,7 +5,7 @@ import torch
 
 from profit_edu.packed import compare_with_engine, export_onnx, onnx_session, quantize_image, run_onnx
 
-from .test_packed_engine import _one_thread, program_of, random_images  # noqa: F401 (fixture)
+from .test_packed_engine import program_of, random_images
 
 pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
 pytest.importorskip("onnxruntime", reason="onnxruntime cannot be imported (pip install onnxruntime)")

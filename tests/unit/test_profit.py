@@ -41,15 +41,6 @@ from profit_edu.profit import (
 from profit_edu.quant import DuQ, LSQQuantizer, PACTQuantizer
 from profit_edu.train import fit
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 MINIMAL = """\
 version: 1
 name: test

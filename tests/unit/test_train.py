@@ -26,15 +26,6 @@ from profit_edu.train import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models run far faster on one thread, and shared CI cores make OpenMP barriers very slow.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TinyLoader:
     """A loader with the contract of ``data.DeviceLoader``: shuffle + flip are a pure function of (seed, epoch)."""
 
