@@ -1,7 +1,8 @@
 """Pretrained float checkpoints: where quick-scale quantization starts, as PROFIT starts from pretrained weights.
 
 Quantization-aware training is fine-tuning: PROFIT (and every method it compares with) starts from a trained
-float network. Training one on CIFAR-10 takes about an hour on a laptop CPU, so the repository ships the result
+float network. Training one on CIFAR-10 took 78 minutes on a shared 2-core CPU (the epoch times are in its
+``checkpoint.json`` history), so the repository ships the result
 of one ``profit-edu train`` run, released with :func:`~profit_edu.checkpoint.release_checkpoint` (weights only),
 in ``data/pretrained/<name>/``. Its tensor file's sha256 is pinned in :data:`PRETRAINED` (and in
 ``data/pretrained/<name>/SHA256SUMS``), and its top-1 is a line of the ledger with the command that trained it.
@@ -27,7 +28,7 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoint import JSON_NAME, CheckpointError, atomic_write_bytes, load_checkpoint
+from .checkpoint import JSON_NAME, Checkpoint, CheckpointError, atomic_write_bytes, load_checkpoint
 from .data import default_cache_dir
 
 __all__ = ["BASE_URL", "PRETRAINED", "Pretrained", "load_pretrained", "pretrained_dir"]
@@ -73,8 +74,8 @@ def _lookup(name: str) -> Pretrained:
     return PRETRAINED[name]
 
 
-def _verified(directory: Path, entry: Pretrained) -> Path:
-    """``directory`` if its checkpoint loads (sizes and sha256 checked) and is the pinned one; else an error."""
+def _verified(directory: Path, entry: Pretrained) -> Checkpoint:
+    """The checkpoint in ``directory`` if it loads (sizes and sha256 checked) and is the pinned one; else an error."""
     state = load_checkpoint(directory)
     recorded = json.loads(state.path.read_text())["tensors"]["sha256"]
     if recorded != entry.sha256:
@@ -82,7 +83,7 @@ def _verified(directory: Path, entry: Pretrained) -> Path:
                               f"{entry.sha256[:12]}... of {entry.name!r}; delete it to fetch the right one")
     if {k: state.meta.get("model_args", {}).get(k) for k in entry.model_args} != entry.model_args:
         raise CheckpointError(f"{directory}: its model arguments are not those of {entry.name!r}")
-    return directory
+    return state
 
 
 def _fetch(url: str, target: Path) -> bytes:
@@ -94,7 +95,13 @@ def _fetch(url: str, target: Path) -> bytes:
 
 def pretrained_dir(name: str, *, download: bool = False, base_url: str = BASE_URL,
                    cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The verified run directory of the shipped checkpoint ``name``.
+    """The verified run directory of the shipped checkpoint ``name`` (see :func:`_locate`)."""
+    return _locate(name, download=download, base_url=base_url, cache_dir=cache_dir).path.parent
+
+
+def _locate(name: str, *, download: bool = False, base_url: str = BASE_URL,
+            cache_dir: str | os.PathLike[str] | None = None) -> Checkpoint:
+    """The loaded, verified checkpoint ``name``.
 
     Looks in the source checkout's ``data/pretrained/<name>``, then in ``<cache dir>/pretrained/<name>``; with
     ``download=True`` it fetches ``checkpoint.json`` and the tensor file from ``base_url/<name>/`` into the cache
@@ -132,7 +139,7 @@ def load_pretrained(name: str, **kwargs: Any) -> nn.Module:
     from . import models
 
     entry = _lookup(name)
-    state = load_checkpoint(pretrained_dir(name, **kwargs))
+    state = _locate(name, **kwargs)  # loaded and verified once
     args = entry.model_args
     model = getattr(models, args["model"])(args["num_classes"], width_mult=args["width_mult"],
                                            cifar_stem=args["cifar_stem"], stem_stride=args["stem_stride"])

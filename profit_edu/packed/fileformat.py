@@ -14,11 +14,12 @@ length, a JSON header, then raw tensor bytes; nothing is ever unpickled)::
     __metadata__ (strings)
       format    "profit-edu-packed"
       version   "2"
-      program   base64 of the zlib-compressed UTF-8 JSON (plain, MobileNetV2's is 24 kB, over 2 % of a 2-bit
-                file) of: architecture (builder name + kwargs), input size, normalisation, class names, the input
-                tensor, and for every operation its type, name (= its output tensor's name), input names, the
-                output tensor (kind, scale, offset, code range, channels), bit width, shape, pre-activation step,
-                stride/padding/groups when not 1/0/1, and per-tensor (m0, shift)
+      program   base64 of the zlib-compressed UTF-8 JSON (plain, the header was most of a 2-bit file's
+                overhead; ``benchmarks/packed.py`` reports header_bytes) of: architecture (builder name + kwargs),
+                input size, normalisation, class names, the input tensor, and for every operation its type, name
+                (= its output tensor's name), input names, the output tensor (kind, scale, offset, code range,
+                channels), bit width, shape, pre-activation step, stride/padding/groups when not 1/0/1, and
+                per-tensor (m0, shift)
       sha256    hex SHA-256 of the program JSON's UTF-8 bytes followed by the raw tensor bytes
 
 Loading (:func:`load_packed`) checks, before anything runs: the header length, the header JSON, format and
