@@ -9,8 +9,10 @@ Configurations (CPU, SGD Nesterov step = forward + backward + update):
 Goals (issue 3): <= 1.20 at 32x32 and <= 1.50 at 224x224. Orientation on this CPU: the official PROFIT code
 measures 1.35-1.38 (32x32) and 2.17 (224x224); Brevitas W4A4 1.81 at 32x32. ``--compile`` adds a
 ``torch.compile``d W4A4 step and reports it against the *eager* float step (compilation takes minutes).
+``--channels-last`` adds float and W4A4 steps in the NHWC layout (``TrainConfig(channels_last=True)``,
+``profit-edu train --channels-last``), both reported against the default-layout float step.
 
-    python benchmarks/train_step.py [--configs 32-stock 32-cifar 224] [--repeats 20] [--compile]
+    python benchmarks/train_step.py [--configs 32-stock 32-cifar 224] [--repeats 20] [--compile] [--channels-last]
 
 Writes benchmarks/results/train_step.json and one ledger line per configuration.
 """
@@ -40,7 +42,7 @@ CONFIGS = {
 }
 
 
-def run_config(name: str, repeats: int, seed: int, compile_: bool) -> dict:
+def run_config(name: str, repeats: int, seed: int, compile_: bool, channels_last: bool = False) -> dict:
     cfg = CONFIGS[name]
     torch.manual_seed(seed)
     fp = pe.models.mobilenet_v2(**cfg["kwargs"]).train()
@@ -58,6 +60,11 @@ def run_config(name: str, repeats: int, seed: int, compile_: bool) -> dict:
         sgd_step(qc, x, y, **opt)()
         compile_s = time.perf_counter() - t0
         steps["w4a4_compiled"] = sgd_step(qc, x, y, **opt)
+    if channels_last:
+        nhwc = torch.channels_last
+        x_nhwc = x.contiguous(memory_format=nhwc)
+        steps["fp_nhwc"] = sgd_step(copy.deepcopy(fp).to(memory_format=nhwc), x_nhwc, y, **opt)
+        steps["w4a4_nhwc"] = sgd_step(copy.deepcopy(q).to(memory_format=nhwc), x_nhwc, y, **opt)
     times = interleaved(steps, repeats=repeats)
     out = {
         "config": name, **{k: v for k, v in cfg.items() if k != "kwargs"}, "model_kwargs": cfg["kwargs"],
@@ -67,6 +74,9 @@ def run_config(name: str, repeats: int, seed: int, compile_: bool) -> dict:
     if compile_:
         out["w4a4_compiled_vs_fp_eager"] = ratio_stats(times["w4a4_compiled"], times["fp"])
         out["compile_s"] = compile_s
+    if channels_last:
+        out["fp_nhwc_vs_fp"] = ratio_stats(times["fp_nhwc"], times["fp"])
+        out["w4a4_nhwc_vs_fp"] = ratio_stats(times["w4a4_nhwc"], times["fp"])
     return out
 
 
@@ -76,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd W4A4 step")
+    p.add_argument("--channels-last", action="store_true", help="also time float and W4A4 steps in NHWC layout")
     p.add_argument("--no-ledger", action="store_true")
     args = p.parse_args(argv)
     path = RESULTS / "train_step.json"
@@ -83,19 +94,24 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"benchmark": "train_step", "hardware": ledger.hardware(), "torch": torch.__version__,
               "seed": args.seed, "results": []}
     for name in args.configs:
-        r = run_config(name, args.repeats, args.seed, args.compile)
+        r = run_config(name, args.repeats, args.seed, args.compile, args.channels_last)
         result["results"].append(r)
         if not args.no_ledger:
             common = {"hardware": result["hardware"], "scale": "tiny", "dataset": "random", "model": "mobilenet_v2",
                       "width_mult": r["model_kwargs"].get("width_mult", 1.0), "method": "duq", "weight_bits": 4,
                       "act_bits": 4, "seed": args.seed}
-            rows = [("w4a4", "step_time_ratio_vs_fp", r["w4a4_vs_fp"])]
+            float_step = {"method": "fp", "weight_bits": None, "act_bits": None}
+            rows = [("w4a4", "step_time_ratio_vs_fp", r["w4a4_vs_fp"], {})]
             if "w4a4_compiled_vs_fp_eager" in r:
-                rows.append(("w4a4-compiled", "step_time_ratio_compiled_vs_fp_eager", r["w4a4_compiled_vs_fp_eager"]))
-            for suffix, metric, stats in rows:
-                ledger.append(common | {"id": f"train_step/mobilenet_v2/{name}/{suffix}", "metric": metric,
-                                        "value": round(stats["median"], 4),
-                                        "spread": [round(stats["q1"], 4), round(stats["q3"], 4)]})
+                rows.append(("w4a4-compiled", "step_time_ratio_compiled_vs_fp_eager", r["w4a4_compiled_vs_fp_eager"],
+                             {}))
+            if "fp_nhwc_vs_fp" in r:
+                rows += [("fp-nhwc", "step_time_ratio_nhwc_vs_fp", r["fp_nhwc_vs_fp"], float_step),
+                         ("w4a4-nhwc", "step_time_ratio_nhwc_vs_fp", r["w4a4_nhwc_vs_fp"], {})]
+            for suffix, metric, stats, override in rows:
+                ledger.append(common | override | {
+                    "id": f"train_step/mobilenet_v2/{name}/{suffix}", "metric": metric,
+                    "value": round(stats["median"], 4), "spread": [round(stats["q1"], 4), round(stats["q3"], 4)]})
         print(json.dumps(r, indent=2), flush=True)
     # configs not run this time keep their earlier results
     result["results"] += [r for r in previous if r["config"] not in args.configs]

@@ -140,11 +140,13 @@ def test_tiny_train_resume_evaluate_and_init(capsys, tmp_path, monkeypatch):
 
     # quantize the float run: W4A4 fine-tuning starts from its weights
     status, out, err = run_cli(capsys, "train", "--model", "mobilenet_v2", *TINY, "--seed", "1", "--weight-bits", "4",
-                               "--act-bits", "4", "--init", str(fp_run), "--lr", "0.01", "--out", str(q_run))
+                               "--act-bits", "4", "--init", str(fp_run), "--lr", "0.01", "--channels-last",
+                               "--out", str(q_run))
     assert status == 0, err
     assert "W4A4" in out
     q = load_checkpoint(q_run)
     assert set(q.bits.values()) == {4} and q.meta["model_args"]["weight_bits"] == 4
+    assert q.config["channels_last"] is True and all(t.is_contiguous() for t in q.model_state.values())
 
     status, out, err = run_cli(capsys, "evaluate", str(q_run), "--json")
     assert status == 0, err
@@ -196,6 +198,13 @@ def test_plan_rejects_bad_recipes_with_the_line(capsys, tmp_path):
     assert status == 2 and "bad.yaml:" in err and "act_bits must go strictly down" in err
     status, _, err = run_cli(capsys, "plan", "no_such_recipe")
     assert status == 2 and "shipped recipes" in err
+
+
+@pytest.mark.parametrize("flag", ["--compile", "--channels-last"])
+def test_train_recipe_refuses_the_model_run_speed_options(capsys, tmp_path, flag):
+    status, _, err = run_cli(capsys, "train", "--recipe", "tiny", flag, "--out", str(tmp_path))
+    assert status == 2 and f"{flag} only work(s) with --model runs" in err
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow

@@ -413,6 +413,50 @@ def test_compile_option_trains_through_the_compiled_module_and_saves_the_eager_o
     assert compiled[0].calls == 1 and all(q._ready for _, q in quantizers(qnet))
 
 
+@pytest.mark.parametrize("quantized", [False, True])
+def test_channels_last_trains_in_nhwc_matches_the_default_layout_and_hands_back_contiguous_weights(quantized, tmp_path):
+    x, y = tiny_data(16)
+    layouts = []
+
+    def run(channels_last: bool, out=None) -> tuple[nn.Module, History]:
+        torch.manual_seed(0)
+        net = tiny_cnn()
+        if quantized:
+            quantize_model(net, 4, 4)
+        teacher = tiny_cnn()
+        def record(m: nn.Module, args: tuple) -> None:  # training steps only: evaluation follows the weights' layout
+            if m.training:
+                layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)
+                               and m.weight.is_contiguous(memory_format=torch.channels_last))
+
+        hook = net[0].register_forward_pre_hook(record)
+        history = fit(net, TinyLoader(x, y, 8), TinyLoader(x, y, 8, train=False),
+                      TrainConfig(epochs=2, lr=0.01, ema_decay=0.5, channels_last=channels_last), teacher=teacher,
+                      out_dir=out)
+        hook.remove()
+        assert all(t.is_contiguous() for m in (net, teacher) for t in [*m.parameters(), *m.buffers()])
+        return net, history
+
+    ref, ref_history = run(False)
+    assert not any(layouts)
+    layouts.clear()
+    net, history = run(True, tmp_path)
+    assert len(layouts) == 4 and all(layouts)  # every training step ran in NHWC
+    # The same numbers up to float rounding; with quantizers a rounding-level difference can move a value across a
+    # rounding threshold, which changes a few straight-through gradients slightly.
+    atol = 2e-4 if quantized else 1e-5
+    for (name, a), b in zip(ref.state_dict().items(), net.state_dict().values()):
+        if a.is_floating_point():
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
+    assert history.column("val_top1") == ref_history.column("val_top1")
+    from profit_edu.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tmp_path)
+    assert state.config["channels_last"] is True
+    with pytest.raises(ValueError, match="channels_last"):
+        TrainConfig(channels_last=1)
+
+
 class _NaNAfter(nn.Module):
     """Returns NaN logits from the ``when``-th forward pass in training mode on."""
 
