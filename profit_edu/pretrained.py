@@ -1,7 +1,7 @@
 """Pretrained float checkpoints: where quick-scale quantization starts, as PROFIT starts from pretrained weights.
 
 Quantization-aware training is fine-tuning: PROFIT (and every method it compares with) starts from a trained
-float network. Training one on CIFAR-10 took 78 minutes on a shared 2-core CPU (the epoch times are in its
+float network. Training one on CIFAR-10 took 43 minutes on a shared 2-core CPU (the epoch times are in its
 ``checkpoint.json`` history), so the repository ships the result
 of one ``profit-edu train`` run, released with :func:`~profit_edu.checkpoint.release_checkpoint` (weights only),
 in ``data/pretrained/<name>/``. Its tensor file's sha256 is pinned in :data:`PRETRAINED` (and in
@@ -61,7 +61,7 @@ PRETRAINED: dict[str, Pretrained] = {
             name="cifar10-mobilenet_v2-w0.5-s2",
             model_args={"model": "mobilenet_v2", "num_classes": 10, "width_mult": 0.5, "cifar_stem": True,
                         "stem_stride": 2, "negative_padding": False, "weight_bits": None, "act_bits": None},
-            sha256="f985ece109e0d38255a9e21a466ab01006ee737b092f0901f8afe8217caaa710",
+            sha256="f93765638c44add5eaf0daee5832ee6a77078150faf0976ea64915fb5a74dc73",
             ledger_id="pretrained/cifar10-mobilenet_v2-w0.5-s2/top1",
         ),
     ]
