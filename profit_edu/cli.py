@@ -249,8 +249,9 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
                    help="train through torch.compile: minutes of compilation first, then faster steps (for long runs; "
                         "benchmarks/train_step.py --compile measures the gain on your machine)")
     p.add_argument("--channels-last", action="store_true",
-                   help="train in the NHWC memory layout: the same numbers up to float rounding, and on a CPU a "
-                        "MobileNet step takes about 0.6x as long (benchmarks/train_step.py measures it)")
+                   help="train in the NHWC memory layout: the same numbers up to float rounding; on a CPU a float "
+                        "MobileNet step takes about 0.6x as long, a quantized one gains less "
+                        "(benchmarks/train_step.py --channels-last measures it)")
     p.set_defaults(handler=cmd_train)
 
 

@@ -122,9 +122,11 @@ class TrainConfig:
         compile: run the training forward/backward through ``torch.compile`` (minutes of compilation, then a
             faster step on long runs; evaluation and checkpoints use the eager model, which shares its weights).
         channels_last: train and evaluate in the NHWC memory layout (``torch.channels_last``). The numbers are the
-            same up to float rounding; on CPUs oneDNN's NHWC depthwise convolutions make a MobileNet step about
-            0.6x as long (``benchmarks/train_step.py`` measures it). The model is put back in the default layout
-            when :func:`fit` returns, so checkpoints and packing never see the difference.
+            same up to float rounding. On the development CPU oneDNN's NHWC depthwise convolutions made a float
+            MobileNet-v2 step 0.5-0.7x as long; a W4A4 step gained less, and lost at 224x224, where its
+            element-wise quantizers dominate (``benchmarks/train_step.py --channels-last`` measures it). The
+            model is put back in the default layout when :func:`fit` returns, so checkpoints and packing never
+            see the difference.
 
     Raises:
         ValueError / TypeError: a field outside its allowed range, naming the field and the value received.
