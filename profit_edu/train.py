@@ -672,12 +672,11 @@ def fit(
     model.to(device)
     if teacher is not None:
         teacher.to(device)
-    if ema is not None:
-        ema.module.to(device)
-    _set_memory_format([model, teacher, ema.module if ema is not None else None], _memory_format(config))
     optimizer = make_optimizer(model, config)
     if ema is None and config.ema_decay is not None:
         ema = ModelEMA(model, config.ema_decay)
+    elif ema is not None:
+        ema.module.to(device)
     out = Path(out_dir) if out_dir is not None else None
     history = History()
     start = 0
@@ -701,6 +700,8 @@ def fit(
         if start > 0:
             last_good = f"The checkpoint of epoch {start - 1} in {out} is untouched."
         try:
+            # in place: the optimizer keeps the same Parameter objects; `finally` puts the default layout back
+            _set_memory_format([model, teacher, ema.module if ema is not None else None], _memory_format(config))
             for epoch in range(start, config.epochs):
                 t0 = time.perf_counter()
                 multiplier = lr_multiplier(epoch, config.warmup_epochs, config.epochs)

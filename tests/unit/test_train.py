@@ -457,6 +457,14 @@ def test_channels_last_trains_in_nhwc_matches_the_default_layout_and_hands_back_
         TrainConfig(channels_last=1)
 
 
+def test_channels_last_hands_back_contiguous_weights_when_training_fails():
+    x, y = tiny_data(16)
+    net = tiny_cnn()
+    with pytest.raises(DivergenceError):
+        fit(net, TinyLoader(x * float("nan"), y, 8), None, TrainConfig(epochs=1, lr=0.1, channels_last=True))
+    assert all(p.is_contiguous() for p in net.parameters())
+
+
 class _NaNAfter(nn.Module):
     """Returns NaN logits from the ``when``-th forward pass in training mode on."""
 
