@@ -463,6 +463,9 @@ def test_channels_last_hands_back_contiguous_weights_when_training_fails():
     with pytest.raises(DivergenceError):
         fit(net, TinyLoader(x * float("nan"), y, 8), None, TrainConfig(epochs=1, lr=0.1, channels_last=True))
     assert all(p.is_contiguous() for p in net.parameters())
+    with pytest.raises(ValueError, match="no_such_layer"):  # refused before training starts
+        fit(net, TinyLoader(x, y, 8), None, TrainConfig(epochs=1, channels_last=True, frozen=("no_such_layer",)))
+    assert all(p.is_contiguous() for p in net.parameters())
 
 
 class _NaNAfter(nn.Module):
