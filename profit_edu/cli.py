@@ -545,8 +545,8 @@ def _train_recipe(args: argparse.Namespace) -> int:
                        "of the recipe instead (profit-edu plan RECIPE shows what it does)")
     speedups = ["--compile"] * args.compile + ["--channels-last"] * args.channels_last
     if speedups:
-        raise CLIError(f"{' and '.join(speedups)} only work(s) with --model runs: --recipe runs train eagerly in the "
-                       "default memory layout")
+        raise CLIError(f"{' and '.join(speedups)}: not available with --recipe (recipe runs train eagerly in the "
+                       "default memory layout); use them with --model runs")
     recipe = _load_recipe(args.recipe)
     data = recipe.data
     if args.data_root is not None:
