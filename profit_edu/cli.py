@@ -453,6 +453,14 @@ def _init_from(run: Path, model_args: dict[str, Any]) -> nn.Module:
     return model
 
 
+def _identity(field: Any) -> Any:
+    """A run's meta field without ``source``: a first run decodes the JPEGs, its resumption reads the cache.
+
+    The images themselves still count, through the ``sha256`` of their content recorded beside it.
+    """
+    return {k: v for k, v in field.items() if k != "source"} if isinstance(field, dict) else field
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``profit-edu train``."""
     from . import checkpoint, data, ledger
@@ -478,7 +486,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     meta = {
         "model_args": model_args,
         "data": {"dataset": used, "train_images": len(train_data), "val_images": len(val_data),
-                 "val_subset": s["val_images"], "seed": args.seed, "source": train_data.source},
+                 "val_subset": s["val_images"], "seed": args.seed, "source": train_data.source,
+                 "sha256": train_data.sha256()},
         "scale": args.scale, "batch_size": s["batch_size"], "command": "profit-edu " + " ".join(args.argv),
         "commit": ledger.git_commit(),
     }
@@ -486,7 +495,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume = not args.restart
     if resume and checkpoint.has_checkpoint(out):
         previous = checkpoint.load_checkpoint(out).meta
-        differ = [k for k in ("model_args", "data", "batch_size") if previous.get(k) != meta[k]]
+        differ = [k for k in ("model_args", "data", "batch_size") if _identity(previous.get(k)) != _identity(meta[k])]
         if differ:
             theirs = {k: previous.get(k) for k in differ}
             raise CLIError(f"--out {out} holds a run with other {', '.join(differ)} ({theirs}); use another --out, "

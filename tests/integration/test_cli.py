@@ -174,6 +174,35 @@ def test_tiny_train_resume_evaluate_and_init(capsys, tmp_path, monkeypatch):
     assert status == 2 and "pass --ledger too" in err
 
 
+def test_resume_checks_the_images_not_where_they_were_read_from(capsys, tmp_path, monkeypatch):
+    import dataclasses
+
+    from profit_edu import data
+
+    run = tmp_path / "run"
+    argv = ["train", "--model", "mobilenet_v2", *TINY, "--out", str(run)]
+    status, _, err = run_cli(capsys, *argv)
+    assert status == 0, err
+    recorded = load_checkpoint(run).meta["data"]
+    assert recorded["sha256"] == data.synthetic(256, seed=0).sha256()
+
+    real = data.synthetic
+    # the same images from elsewhere (as a resumed CIFAR-10 run reads the cache its first run wrote): resumes
+    monkeypatch.setattr(data, "synthetic", lambda *a, **k: dataclasses.replace(real(*a, **k), source="a cache"))
+    status, out, err = run_cli(capsys, *argv)
+    assert status == 0 and "resuming from" in out, err
+
+    def one_pixel_changed(*a, **k):
+        d = real(*a, **k)
+        images = d.images.clone()
+        images[0, 0, 0, 0] ^= 1
+        return dataclasses.replace(d, images=images)
+
+    monkeypatch.setattr(data, "synthetic", one_pixel_changed)
+    status, _, err = run_cli(capsys, *argv)
+    assert status == 2 and "holds a run with other data" in err and "--restart" in err
+
+
 def test_console_entry_point_runs_in_a_fresh_process():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "profit_edu.cli", "--version"], capture_output=True, text=True,
