@@ -27,7 +27,8 @@ from profit_edu import ledger
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 #: (a, b): the table reports a - b per seed. PROFIT against no freezing, and against freezing at random.
-PAIRS = (("profit_w4a4", "duq_w4a4"), ("profit_w3a3", "duq_w3a3"), ("profit_w4a4", "random_w4a4"))
+PAIRS = (("profit_w4a4", "duq_w4a4"), ("profit_w3a3", "duq_w3a3"), ("profit_w4a4", "random_w4a4"),
+         ("profit_w3a3", "random_w3a3"))
 COPIES = ("model", "ema")
 
 

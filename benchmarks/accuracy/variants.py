@@ -14,6 +14,7 @@ pact_w4a4      PACT       W4A4    none
 lsq_w4a4       LSQ        W4A4    none
 duq_w3a3       DuQ        W3A3    none
 profit_w3a3    DuQ        W3A3    PROFIT
+random_w3a3    DuQ        W3A3    as many layers as PROFIT, drawn at random (seeded)
 =============  =========  ======  ========================================================================
 
 Each quantized variant is the recipe (``quick`` by default, edited first by the user's ``--set`` overrides)
@@ -120,6 +121,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("duq_w3a3", "DuQ, progressive bits, no freezing", 3),
     Variant("profit_w3a3", "DuQ, progressive bits, PROFIT freezing by AIWQ", 3, freeze="aiwq",
             ledger_method="duq+profit"),
+    Variant("random_w3a3", "DuQ, progressive bits, as many layers frozen as PROFIT, drawn at random", 3,
+            freeze="random", ledger_method="duq+random_freeze"),
 )}
 
 

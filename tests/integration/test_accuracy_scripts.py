@@ -94,6 +94,8 @@ def test_every_variant_writes_its_ledger_lines_resumes_and_summarises(scripts, f
                                                                     "pact", "lsq"]
     assert by["profit_w3a3", 0, "model"]["weight_bits"] == 3
     assert by["profit_w3a3", 0, "model"]["act_bits_schedule"] == [4, 3]
+    assert (by["random_w3a3", 0, "model"]["method"], by["random_w3a3", 0, "model"]["weight_bits"]) == (
+        "duq+random_freeze", 3)
     # what each policy froze, and what it left on disk
     assert by["profit_w4a4", 1, "model"]["frozen_layers"] == {"a4_ft": 0, "w4_ft1": 17, "w4_ft2": 34}
     assert by["random_w4a4", 0, "model"]["frozen_layers"] == {"a4_ft": 0, "w4_ft1": 17, "w4_ft2": 34}
