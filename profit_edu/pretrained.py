@@ -61,7 +61,7 @@ PRETRAINED: dict[str, Pretrained] = {
             name="cifar10-mobilenet_v2-w0.5-s2",
             model_args={"model": "mobilenet_v2", "num_classes": 10, "width_mult": 0.5, "cifar_stem": True,
                         "stem_stride": 2, "negative_padding": False, "weight_bits": None, "act_bits": None},
-            sha256="f93765638c44add5eaf0daee5832ee6a77078150faf0976ea64915fb5a74dc73",
+            sha256="0875a721e6f573c1fa42b492d1a7a3e2afa905b579ea1139cef32d5db53cea6f",
             ledger_id="pretrained/cifar10-mobilenet_v2-w0.5-s2/top1",
         ),
     ]
