@@ -1,8 +1,8 @@
 """Pretrained float checkpoints: where quick-scale quantization starts, as PROFIT starts from pretrained weights.
 
 Quantization-aware training is fine-tuning: PROFIT (and every method it compares with) starts from a trained
-float network. Training one on CIFAR-10 took 43 minutes on a shared 2-core CPU (the epoch times are in its
-``checkpoint.json`` history), so the repository ships the result
+float network. Training the shipped one on CIFAR-10 took 75 epochs and 77 minutes on a shared 2-core CPU (the
+epoch times are in its ``checkpoint.json`` history), so the repository ships the result
 of one ``profit-edu train`` run, released with :func:`~profit_edu.checkpoint.release_checkpoint` (weights only),
 in ``data/pretrained/<name>/``. Its tensor file's sha256 is pinned in :data:`PRETRAINED` (and in
 ``data/pretrained/<name>/SHA256SUMS``), and its top-1 is a line of the ledger with the command that trained it.
