@@ -601,7 +601,7 @@ class LSQQuantizer(Quantizer):
 
     def step(self) -> float:
         """The step size in use at the current bit width, as a float."""
-        return float(self.s.abs()) * self._step_ratio()
+        return float(self.s.detach().abs()) * self._step_ratio()
 
     def quantize(self, x: Tensor) -> Tensor:
         qn, qp = _lsq_bounds(self._bits, self.mode)
