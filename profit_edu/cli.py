@@ -461,6 +461,14 @@ def _identity(field: Any) -> Any:
     return {k: v for k, v in field.items() if k != "source"} if isinstance(field, dict) else field
 
 
+def _changed(theirs: Any, ours: Any) -> Any:
+    """The part of the stored field that differs from ours (for dicts, only the differing keys), for messages."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        return {k: theirs.get(k) for k in sorted(set(_identity(theirs)) | set(_identity(ours)))
+                if theirs.get(k) != ours.get(k)}
+    return theirs
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``profit-edu train``."""
     from . import checkpoint, data, ledger
@@ -497,7 +505,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         previous = checkpoint.load_checkpoint(out).meta
         differ = [k for k in ("model_args", "data", "batch_size") if _identity(previous.get(k)) != _identity(meta[k])]
         if differ:
-            theirs = {k: previous.get(k) for k in differ}
+            theirs = {k: _changed(previous.get(k), meta[k]) for k in differ}
             raise CLIError(f"--out {out} holds a run with other {', '.join(differ)} ({theirs}); use another --out, "
                            "or --restart to overwrite it")
 

@@ -201,6 +201,7 @@ def test_resume_checks_the_images_not_where_they_were_read_from(capsys, tmp_path
     monkeypatch.setattr(data, "synthetic", one_pixel_changed)
     status, _, err = run_cli(capsys, *argv)
     assert status == 2 and "holds a run with other data" in err and "--restart" in err
+    assert f"{{'data': {{'sha256': '{recorded['sha256']}'}}}}" in err  # names what differs, and only that
 
 
 def test_console_entry_point_runs_in_a_fresh_process():
