@@ -21,7 +21,8 @@ the fake-quantized model and an integer engine compute the same thing at every p
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .quant import Quantizer, _check_mode, check_bits, make_quantizer
+from .quant import MSE_MAX_SAMPLES, Quantizer, _check_mode, check_bits, clip_range, make_quantizer
 
 __all__ = [
     "KEEP",
@@ -362,37 +363,129 @@ def _sync_padding(model: nn.Module) -> None:
                 m.pad_value = m.fp_pad_value
 
 
+def _as_batches(data: Tensor | Iterable[Tensor] | Iterable[tuple[Tensor, ...]]) -> list[Tensor]:
+    """One tensor, or an iterable of tensors or of ``(x, y)`` pairs (a loader), as a list of input batches."""
+    items = [data] if isinstance(data, Tensor) else list(data)
+    batches = [b[0] if isinstance(b, (tuple, list)) else b for b in items]
+    for i, b in enumerate(batches):
+        if not isinstance(b, Tensor):
+            raise TypeError(f"calibrate takes a tensor, or tensors or (x, y) pairs; item {i} is {type(b).__name__}")
+    if not batches or all(b.numel() == 0 for b in batches):
+        raise ValueError("calibrate got no images: pass at least one non-empty batch")
+    return [b for b in batches if b.numel() > 0]
+
+
+class _Collector:
+    """What calibration keeps of one quantizer's input: a bounded random sample of all batches and its range."""
+
+    def __init__(self, name: str, seed: int) -> None:
+        self.name, self.seed = name, seed
+        self.samples: list[Tensor] = []
+        self.first: Tensor | None = None  # the whole first batch (the official percentile rule uses only it)
+        self.high = -math.inf
+
+    def add(self, v: Tensor, mode: str) -> None:
+        v = v.detach()
+        bad = int((~torch.isfinite(v)).sum())
+        if bad:
+            raise ValueError(f"calibration: the input of {self.name} has {bad} NaN or inf values (of {v.numel()}); "
+                             "check the images and the float model")
+        if self.first is None:
+            self.first = v
+        self.high = max(self.high, clip_range(v, mode))
+        flat = v.reshape(-1)
+        if flat.numel() > MSE_MAX_SAMPLES:
+            gen = torch.Generator().manual_seed(self.seed + len(self.samples))
+            flat = flat[torch.randint(flat.numel(), (MSE_MAX_SAMPLES,), generator=gen).to(flat.device)]
+        self.samples.append(flat)
+
+
 @torch.no_grad()
-def calibrate(model: nn.Module, batch: Tensor) -> nn.Module:
-    """Initialise every activation quantizer from one batch run through the *float* network (official style).
+def calibrate(
+    model: nn.Module,
+    data: Tensor | Iterable[Tensor] | Iterable[tuple[Tensor, ...]],
+    *,
+    bn_update: bool = False,
+    seed: int = 0,
+) -> nn.Module:
+    """Initialise every quantizer of a quantized model from data; returns the model.
 
-    All activation quantizers are switched off for the pass, each records its own input, then all are
-    switched back on with a = c set from what they saw. The model's train/eval mode is used as it is
-    (the official code ran it in train mode, which also updates BN running statistics once).
+    The batches run through the *float* network (every activation quantizer switched off), and each activation
+    quantizer records its input. Then, for every quantizer with a bit width, ``init_from`` chooses the clip:
+    in ``"fixed"`` style the clip that minimises the quantization MSE over a sample of all the batches (see
+    :func:`~profit_edu.quant.mse_clip`), in ``"reference"`` style the official code's percentile rule over the
+    first batch. Weight quantizers initialise from their weights. Quantizers with ``bits=None`` stay as they are.
+
+    Args:
+        model: a model returned by :func:`quantize_model`.
+        data: one batch ``(N, C, H, W)``, or an iterable of batches or of ``(x, y)`` pairs (a loader; every
+            batch it yields is used, so pass a few: 4 batches of 256 CIFAR-10 images take seconds).
+        bn_update: run the pass in train mode, updating BN running statistics once per batch, as the official
+            code did; by default the pass runs in eval mode and BN statistics are left alone.
+        seed: seeds the subsampling of large activations.
+
+    Raises:
+        ValueError: no quantized layer; no images; NaN or inf in an activation or a weight (naming the layer).
+        RuntimeError: a quantizer the batches never reached.
     """
-    acts = [m for m in model.modules() if isinstance(m, QAct)]
-    if not acts:
-        raise ValueError("model has no QAct: call quantize_model(model, ...) first")
-    saved = [m.quantizer.bits for m in acts]
-    seen: dict[int, tuple[Tensor, Tensor]] = {}
+    batches = _as_batches(data)
+    acts = {name: m for name, m in model.named_modules() if isinstance(m, QAct)}
+    weights = {name: m for name, m in model.named_modules() if isinstance(m, (QConv2d, QLinear))}
+    if not acts and not weights:
+        raise ValueError("model has no quantized layers: call quantize_model(model, ...) first")
+    for name, m in weights.items():
+        if m.weight_quant.bits is not None:
+            _init_quantizer(m.weight_quant, m.weight, f"the weight of {name}")
+    collectors = _collect(model, acts, batches, bn_update=bn_update, seed=seed)
+    for name, m in acts.items():
+        q = m.quantizer
+        if q.bits is None:
+            continue
+        col = collectors[name]
+        if col.first is None:
+            raise RuntimeError(f"activation quantizer {name} was not reached by the calibration batches")
+        if q.init_style == "reference":
+            _init_quantizer(q, col.first, name, cap=m._cap)
+        else:
+            _init_quantizer(q, torch.cat(col.samples), name, cap=m._cap, high=col.high)
+    return model
 
-    def hook(mod: QAct, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        seen[id(mod)] = (inputs[0], output)
 
-    handles = [m.register_forward_hook(hook) for m in acts]
+def _init_quantizer(q: Quantizer, x: Tensor, where: str, **kwargs: Any) -> None:
     try:
-        for m in acts:
+        q.init_from(x, **kwargs)
+    except ValueError as err:
+        raise ValueError(f"calibration of {where}: {err}") from err
+
+
+def _collect(model: nn.Module, acts: dict[str, QAct], batches: list[Tensor], *, bn_update: bool,
+             seed: int) -> dict[str, _Collector]:
+    """Run ``batches`` through the float network; each QAct's collector keeps what its quantizer would see.
+
+    A ``"reference"``-style quantizer sees its raw input (the official code's hook saw the pre-activation);
+    a ``"fixed"`` one sees the activation's output, the tensor it actually quantizes.
+    """
+    collectors = {name: _Collector(name, seed) for name in acts}
+    saved_bits = {name: m.quantizer.bits for name, m in acts.items()}
+    was_training = model.training
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(mod: QAct, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            seen = inputs[0] if mod.quantizer.init_style == "reference" else output
+            collectors[name].add(seen, mod.quantizer.mode)
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(name)) for name, m in acts.items()]
+    try:
+        for m in acts.values():
             m.quantizer.bits = None
-        model(batch)
+        model.train(bn_update)
+        for b in batches:
+            model(b)
     finally:
         for h in handles:
             h.remove()
-        for m, bits in zip(acts, saved):
-            m.quantizer.bits = bits
-    for m in acts:
-        if id(m) not in seen:
-            raise RuntimeError(f"activation quantizer {m} was not reached by the calibration batch")
-        pre, post = seen[id(m)]
-        m.quantizer.init_from(pre if m.quantizer.init_style == "reference" else post, cap=m._cap)
-    return model
-
+        for name, m in acts.items():
+            m.quantizer.bits = saved_bits[name]
+        model.train(was_training)
+    return collectors

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -53,6 +54,7 @@ __all__ = [
     "PACTQuantizer",
     "Quantizer",
     "check_bits",
+    "clip_range",
     "code_range",
     "duq",
     "duq_codes",
@@ -60,6 +62,7 @@ __all__ = [
     "inverse_softplus",
     "lsq",
     "make_quantizer",
+    "mse_clip",
     "num_steps",
     "pact",
     "round_ste",
@@ -389,12 +392,15 @@ def act_init_value(
     percentile: float = ACT_INIT_PERCENTILE,
     cap: float | None = None,
 ) -> float:
-    """The value of a = c that initialises an activation quantizer from one batch of its input.
+    """The official code's percentile rule: a = c = the 95th percentile of the positive values of one batch.
 
-    ``style="fixed"`` uses the quantity the official code *intends*: |x| for ``"signed"``, x + 3/8 for
-    ``"hswish"``, x for ``"unsigned"`` (its positive values). ``style="reference"`` replays what the official
-    code *does*: the positive values of whatever tensor it is given (the caller passes the pre-activation
-    for fused h-swish quantizers), with no |x| and no offset. ``cap`` (6 for ReLU6) bounds the result.
+    This is what ``init_style="reference"`` uses. ``style="fixed"`` takes the percentile of the quantity the
+    official code *intends*: |x| for ``"signed"``, x + 3/8 for ``"hswish"``, x for ``"unsigned"``.
+    ``style="reference"`` replays what the official code *does*: the positive values of whatever tensor it is
+    given (the caller passes the pre-activation for fused h-swish quantizers), with no |x| and no offset.
+    ``cap`` (6 for ReLU6) bounds the result. (The library's own ``"fixed"`` initialisation no longer uses a
+    percentile at all but :func:`mse_clip`: clipping 5 % of every layer's activations cost 14 points of
+    CIFAR-10 top-1 at 8 bits, before any training.)
     """
     if style == "fixed":
         quantity = x.abs() if mode == "signed" else (x + HSWISH_OFFSET if mode == "hswish" else x)
@@ -404,6 +410,88 @@ def act_init_value(
         raise ValueError(f"init style must be 'fixed' or 'reference', got {style!r}")
     value = _percentile_of_positive(quantity, percentile)
     return min(value, cap) if cap is not None else value
+
+
+#: Candidates of the coarse search of :func:`mse_clip` (then as many again between the best one's neighbours).
+MSE_CANDIDATES = 100
+#: :func:`mse_clip` measures the error on at most this many values (a seeded random sample of larger tensors).
+MSE_MAX_SAMPLES = 2**18
+
+
+def clip_range(x: Tensor, mode: str) -> float:
+    """The largest clip worth trying for ``x`` on a ``mode`` grid: the clip that keeps every value in range.
+
+    ``max|x|`` for ``"signed"``, ``max(x + 3/8)`` for ``"hswish"``, ``max(x)`` for ``"unsigned"``.
+    """
+    x = x.detach()
+    if mode == "signed":
+        return float(x.abs().max())
+    return float((x + HSWISH_OFFSET).max() if mode == "hswish" else x.max())
+
+
+def _sample(x: Tensor, max_samples: int, seed: int) -> Tensor:
+    flat = x.detach().reshape(-1).float()
+    if flat.numel() <= max_samples:
+        return flat
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(flat.numel(), (max_samples,), generator=gen).to(flat.device)
+    return flat[idx]
+
+
+@torch.no_grad()
+def mse_clip(
+    x: Tensor,
+    quantize: Callable[[Tensor, float], Tensor],
+    high: float,
+    *,
+    candidates: int = MSE_CANDIDATES,
+    max_samples: int = MSE_MAX_SAMPLES,
+    seed: int = 0,
+) -> float:
+    """The clip in (0, ``high``] that minimises the mean squared quantization error of ``x``.
+
+    Math: clip* = argmin_t mean((Q_t(x) - x)^2), searched on t = high*k/G for k = 1..G (G = ``candidates``),
+    then on G points between the best candidate's two neighbours, so the answer is within high/G^2 of the
+    grid's best. The error is measured on all of ``x``, or on a seeded random sample of ``max_samples``
+    values when ``x`` is larger (the candidates still span its true range ``high``).
+
+    This is the initialisation of ``init_style="fixed"``: a clip that is too small clips the tail, one that
+    is too large wastes levels on values that never occur; the MSE weighs both at the current bit width.
+
+    Args:
+        x: the tensor to quantize (weights, or one calibration batch of a quantizer's input).
+        quantize: ``quantize(x, t)``, the fake quantizer with clip ``t`` at the bit width in use.
+        high: the largest clip to try (see :func:`clip_range`); <= 0 gives 1e-3 (nothing to quantize).
+
+    Raises:
+        ValueError: ``x`` is empty or holds NaN or inf (the message says how many).
+
+    >>> x = torch.randn(100_000, generator=torch.Generator().manual_seed(0))   # max |x| is 4.56
+    >>> t = mse_clip(x, lambda v, t: duq(v, t, t, 4, "signed"), float(x.abs().max()))
+    >>> round(t, 1)   # a Gaussian's 4-bit (15-level) optimum: the tail beyond ~2.5 sigma is clipped
+    2.5
+    """
+    if x.numel() == 0:
+        raise ValueError("cannot choose a clip from an empty tensor")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"cannot choose a clip: {bad} of {x.numel()} values are NaN or inf")
+    if not high > 0:
+        return 1e-3
+    v = _sample(x, max_samples, seed)
+
+    def err(t: float) -> float:
+        return float((quantize(v, t) - v).pow_(2).mean())
+
+    def best_of(ts: list[float]) -> int:
+        errors = [err(t) for t in ts]
+        return min(range(len(ts)), key=errors.__getitem__)
+
+    coarse = [high * k / candidates for k in range(1, candidates + 1)]
+    i = best_of(coarse)
+    lo, hi = (coarse[i - 1] if i > 0 else coarse[i] / 2), (coarse[i + 1] if i + 1 < candidates else coarse[i])
+    fine = [lo + (hi - lo) * k / candidates for k in range(candidates + 1)]
+    return fine[best_of(fine)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,16 +541,45 @@ class Quantizer(nn.Module):
         """The real value that integer code 0 stands for (what a following conv must pad with)."""
         return 0.0
 
-    def init_from(self, x: Tensor, *, cap: float | None = None) -> None:
-        """Initialise the parameters from a tensor: the weight itself, or one batch of activations."""
-        if self.role == "weight":
-            value = WEIGHT_INIT_FRACTION * float(x.detach().abs().max())
-            value = value if value > 0 else 1e-3
+    def init_from(self, x: Tensor, *, cap: float | None = None, high: float | None = None) -> None:
+        """Initialise the parameters from a tensor: the weight itself, or (a sample of) activations.
+
+        ``init_style="fixed"``: the clip that minimises the quantization MSE of ``x`` at the current bit width
+        (:func:`mse_clip`), for every method. ``"reference"``: the official code's rules, a = c = 0.9 max|W| for
+        weights and the percentile rule of :func:`act_init_value` for activations. ``cap`` (6 after ReLU6)
+        bounds an activation clip; ``high`` overrides the top of the search when ``x`` is a sample of a larger
+        tensor whose range is known (see :func:`clip_range`).
+
+        Raises:
+            ValueError: ``x`` is empty or holds NaN or inf; the quantizer has no bit width (``bits=None``).
+        """
+        if x.numel() == 0:
+            raise ValueError("cannot initialise a quantizer from an empty tensor")
+        bad = int((~torch.isfinite(x.detach())).sum())
+        if bad:
+            raise ValueError(f"cannot initialise a quantizer from a tensor with {bad} NaN or inf values "
+                             f"(of {x.numel()})")
+        if self._bits is None:
+            raise ValueError("a quantizer with bits=None (float) has nothing to initialise: set its bits first")
+        if self.init_style == "reference":
+            value = self._reference_value(x, cap)
         else:
-            value = act_init_value(x, self.mode, style=self.init_style, cap=cap)
+            top = clip_range(x, self.mode) if high is None else high
+            value = mse_clip(x, self._quantize_at, min(top, cap) if cap is not None else top)
         self._set_from_value(value, x)
         self.initialized.fill_(True)
         self._ready = True
+
+    def _reference_value(self, x: Tensor, cap: float | None) -> float:
+        """The official code's initial a = c (DuQ's rules; LSQ overrides it with its own paper's rule)."""
+        if self.role == "weight":
+            value = WEIGHT_INIT_FRACTION * float(x.detach().abs().max())
+            return value if value > 0 else 1e-3
+        return act_init_value(x, self.mode, style="reference", cap=cap)
+
+    def _quantize_at(self, x: Tensor, clip: float) -> Tensor:
+        """``x`` fake-quantized at the current bits with clip ``clip`` (the search of :func:`mse_clip`)."""
+        raise NotImplementedError
 
     def _set_from_value(self, value: float, x: Tensor) -> None:
         raise NotImplementedError
@@ -530,6 +647,10 @@ class DuQ(Quantizer):
     def quantize(self, x: Tensor) -> Tensor:
         return _duq(x, F.softplus(self.a_hat), F.softplus(self.c_hat), self._bits, self.mode)
 
+    def _quantize_at(self, x: Tensor, clip: float) -> Tensor:
+        t = torch.tensor(clip, dtype=x.dtype, device=x.device)
+        return _duq(x, t, t, self._bits, self.mode)
+
     def codes(self, x: Tensor) -> Tensor:
         """Integer codes of ``x`` under the current a (int64)."""
         return duq_codes(x, self.a.detach(), self._bits, self.mode)
@@ -553,9 +674,17 @@ class PACTQuantizer(Quantizer):
     def quantize(self, x: Tensor) -> Tensor:
         return _PACTFunction.apply(x, self.alpha.abs(), num_steps(self._bits, self.mode), self.mode == "signed")
 
+    def _quantize_at(self, x: Tensor, clip: float) -> Tensor:
+        t = torch.tensor(clip, dtype=x.dtype, device=x.device)
+        return _PACTFunction.apply(x, t, num_steps(self._bits, self.mode), self.mode == "signed")
+
 
 class LSQQuantizer(Quantizer):
-    """LSQ in the quantizer interface: one learnable step ``s``, initialised as 2 mean|x| / sqrt(Qp).
+    """LSQ in the quantizer interface: one learnable step ``s``.
+
+    Initialisation: ``init_style="reference"`` uses LSQ's own rule, s = 2 mean|x| / sqrt(Qp); ``"fixed"``
+    the same MSE-optimal clip as every quantizer (:func:`mse_clip`), s = clip / Qp, so the three methods start
+    from equally good grids and a comparison measures how they train.
 
     ``s`` is the step at the bit width it was initialised at (the buffer ``s_bits``). At another bit width the
     step is ``s * sqrt(Qp(s_bits) / Qp(bits))``: LSQ's own initialisation rule, step proportional to
@@ -566,7 +695,7 @@ class LSQQuantizer(Quantizer):
     activations to zero: measured, that collapsed W4A4 MobileNetV2 to chance.) At the initialisation bit
     width, this is LSQ exactly.
 
-    >>> q = LSQQuantizer("unsigned", 8)
+    >>> q = LSQQuantizer("unsigned", 8, init_style="reference")
     >>> q.init_from(torch.full((4,), 1.0))        # s = 2 * 1 / sqrt(255) at 8 bits
     >>> q.bits = 4
     >>> round(q.step(), 4) == round(2 / math.sqrt(15), 4)   # = LSQ's initialisation at 4 bits
@@ -582,16 +711,24 @@ class LSQQuantizer(Quantizer):
         self._s_bits = 8  # python mirror of `s_bits`: no device sync in forward
         self.register_load_state_dict_post_hook(_sync_s_bits)
 
-    def init_from(self, x: Tensor, *, cap: float | None = None) -> None:
-        bits = self._bits or 8
-        qp = _lsq_bounds(bits, self.mode)[1]
-        value = 2.0 * float(x.detach().abs().mean()) / math.sqrt(qp)
+    def _reference_value(self, x: Tensor, cap: float | None) -> float:
+        """LSQ's own rule, as a clip: s = 2 mean|x| / sqrt(Qp), so the clip is s * Qp."""
+        qp = _lsq_bounds(self._bits, self.mode)[1]
+        s = 2.0 * float(x.detach().abs().mean()) / math.sqrt(qp)
+        return (s if s > 0 else 1e-3) * qp
+
+    def _quantize_at(self, x: Tensor, clip: float) -> Tensor:
+        qn, qp = _lsq_bounds(self._bits, self.mode)
+        s = clip / qp
+        return torch.clamp(x / s, qn, qp).round_() * s
+
+    def _set_from_value(self, value: float, x: Tensor) -> None:
+        """``value`` is a clip: the step is clip / Qp at the current bits, which become ``s_bits``."""
+        qp = _lsq_bounds(self._bits, self.mode)[1]
         with torch.no_grad():
-            self.s.fill_(value if value > 0 else 1e-3)
-            self.s_bits.fill_(bits)
-        self._s_bits = bits
-        self.initialized.fill_(True)
-        self._ready = True
+            self.s.fill_(value / qp)
+            self.s_bits.fill_(self._bits)
+        self._s_bits = self._bits
 
     def _step_ratio(self) -> float:
         ref = self._s_bits

@@ -12,6 +12,7 @@ from profit_edu.quant import (
     PACTQuantizer,
     act_init_value,
     check_bits,
+    clip_range,
     code_range,
     duq,
     duq_codes,
@@ -19,6 +20,7 @@ from profit_edu.quant import (
     inverse_softplus,
     lsq,
     make_quantizer,
+    mse_clip,
     num_steps,
     pact,
     round_ste,
@@ -237,13 +239,74 @@ def test_inverse_softplus_round_trip():
 # ---------------------------------------------------------------- modules and initialisation
 def test_duq_module_off_is_identity_and_weight_init():
     w = torch.randn(8, 4, 3, 3)
-    q = DuQ("signed", None, role="weight")
+    q = DuQ("signed", None, role="weight", init_style="reference")
     assert q(w) is w
     q.bits = 4
-    y = q(w)  # first call initialises a = c = 0.9 * max|w|
+    y = q(w)  # reference: the first call initialises a = c = 0.9 * max|w| (the official rule)
     assert q.a.item() == pytest.approx(0.9 * w.abs().max().item(), rel=1e-5)
     assert q.c.item() == pytest.approx(q.a.item())
     assert len(torch.unique(y)) <= 15 and bool(q.initialized)
+    fixed = DuQ("signed", 4, role="weight")
+    fixed(w)  # fixed: the MSE-optimal clip, here inside the range (a Gaussian's 4-bit optimum clips its tail)
+    assert fixed.a.item() == pytest.approx(mse_clip(w, lambda v, t: duq(v, t, t, 4, "signed"), w.abs().max().item()))
+    assert fixed.a.item() < 0.9 * w.abs().max().item()
+
+
+def _brute_force_clip(x, quantize, high, n=4000):
+    ts = torch.linspace(high / n, high, n, dtype=torch.float64)
+    errors = torch.stack([(quantize(x, float(t)) - x).pow(2).mean() for t in ts])
+    return float(errors.min())
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("mode", MODES)
+def test_mse_clip_matches_a_brute_force_search(mode, bits):
+    gen = torch.Generator().manual_seed(bits)
+    x = torch.randn(3000, generator=gen) * 1.5
+    x = x.clamp(min=-HSWISH_OFFSET) if mode == "hswish" else (x.relu() if mode == "unsigned" else x)
+    x = torch.cat([x, torch.tensor([12.0])])  # an outlier the grid should not be stretched to
+
+    def quantize(v, t):
+        return duq(v, t, t, bits, mode)
+
+    high = clip_range(x, mode)
+    t = mse_clip(x, quantize, high)
+    best = _brute_force_clip(x, quantize, high)
+    assert 0 < t <= high
+    assert (quantize(x, t) - x).pow(2).mean().item() <= best * 1.01 + 1e-12
+    if bits <= 4:
+        assert t < high  # the outlier is clipped
+
+
+def test_mse_clip_samples_large_tensors_reproducibly_and_refuses_bad_values():
+    x = torch.randn(2**19, generator=torch.Generator().manual_seed(0))
+
+    def quantize(v, t):
+        return duq(v, t, t, 4, "signed")
+
+    high = clip_range(x, "signed")
+    assert mse_clip(x, quantize, high, seed=1) == mse_clip(x, quantize, high, seed=1)
+    assert mse_clip(x, quantize, high, max_samples=2**12) == pytest.approx(mse_clip(x, quantize, high), rel=0.1)
+    assert mse_clip(torch.zeros(5), quantize, 0.0) == 1e-3
+    with pytest.raises(ValueError, match="empty"):
+        mse_clip(torch.empty(0), quantize, 1.0)
+    with pytest.raises(ValueError, match="2 of 3 values are NaN or inf"):
+        mse_clip(torch.tensor([1.0, math.nan, math.inf]), quantize, 1.0)
+
+
+@pytest.mark.parametrize("method", ["duq", "pact", "lsq"])
+def test_fixed_init_is_mse_optimal_for_every_method(method):
+    x = torch.randn(5000, generator=torch.Generator().manual_seed(3)).relu()
+    q = make_quantizer(method, "unsigned", 4)
+    q.init_from(x)
+    t = {"duq": lambda: q.a.item(), "pact": lambda: q.alpha.item(), "lsq": lambda: q.step() * 15}[method]()
+    assert t == pytest.approx(mse_clip(x, q._quantize_at, x.max().item()), rel=1e-5)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        make_quantizer(method, "unsigned", 4).init_from(torch.tensor([1.0, math.inf]))
+    with pytest.raises(ValueError, match="empty"):
+        make_quantizer(method, "unsigned", 4).init_from(torch.empty(0))
+    with pytest.raises(ValueError, match="bits=None"):
+        make_quantizer(method, "unsigned", None).init_from(x)
 
 
 def test_activation_init_uses_the_right_quantity():
@@ -321,7 +384,7 @@ def test_quantizer_factory_maps_hswish_points():
     assert make_quantizer("pact", "hswish", 4).mode == "unsigned"  # PACT cannot hold h-swish's negatives
     assert make_quantizer("lsq", "hswish", 4).mode == "signed"  # LSQ spends half its codes below 0
     assert isinstance(make_quantizer("duq", "hswish", 4), DuQ)
-    lq = LSQQuantizer("signed", 4)
+    lq = LSQQuantizer("signed", 4, init_style="reference")  # LSQ's own rule
     x = torch.randn(1000)
     lq(x)
     assert lq.s.item() == pytest.approx(2 * x.abs().mean().item() / math.sqrt(7), rel=1e-5)
@@ -330,12 +393,12 @@ def test_quantizer_factory_maps_hswish_points():
 
 
 def test_lsq_step_follows_its_init_rule_when_bits_change():
-    q = LSQQuantizer("signed", 8)
+    q = LSQQuantizer("signed", 8, init_style="reference")
     x = torch.randn(4096)
     q(x)  # initialises s at 8 bits
     q.bits = 4
     assert q.step() == pytest.approx(2 * x.abs().mean().item() / math.sqrt(7), rel=1e-5)  # LSQ's own 4-bit init
-    fresh = LSQQuantizer("signed", 4)
+    fresh = LSQQuantizer("signed", 4, init_style="reference")
     fresh(x)
     assert torch.allclose(q(x), fresh(x), atol=1e-6)
     # a reloaded quantizer keeps the reference bit width (the buffer s_bits), whatever bits it was built with
