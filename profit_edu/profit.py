@@ -66,7 +66,7 @@ import yaml
 from torch import Tensor, nn
 
 from .aiwq import AIWQTracker, layer_kinds, tracked_layers
-from .layers import QAct, QConv2d, QLinear, quantize_model, set_bits
+from .layers import QAct, QConv2d, QLinear, calibrate, quantize_model, set_bits
 from .quant import METHODS
 
 __all__ = [
@@ -214,7 +214,11 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The training data. ``auto``: CIFAR-10 when a copy is found, else the synthetic task (with a banner)."""
+    """The training data. ``auto``: CIFAR-10 when a copy is found, else the synthetic task (with a banner).
+
+    ``calibration_images``: in ``mode: fixed``, how many training images :func:`~profit_edu.layers.calibrate`
+    sees whenever a phase changes the bit widths (the first batches of that phase's first epoch).
+    """
 
     dataset: str = "cifar10"
     batch_size: int = 128
@@ -223,6 +227,7 @@ class DataSpec:
     image_size: int = 32
     root: str | None = None
     workers: int = 8
+    calibration_images: int = 1024
 
     def __post_init__(self) -> None:
         _need(self.dataset in DATASETS, "dataset", f"one of {DATASETS}", self.dataset)
@@ -233,6 +238,8 @@ class DataSpec:
         _need(_is_int(self.image_size) and self.image_size >= 8, "image_size", "an int >= 8", self.image_size)
         _need(self.root is None or isinstance(self.root, str), "root", "a folder name or null", self.root)
         _need(_is_int(self.workers) and self.workers >= 0, "workers", "an int >= 0", self.workers)
+        _need(_is_int(self.calibration_images) and self.calibration_images >= 1, "calibration_images",
+              "an int >= 1", self.calibration_images)
         if self.dataset == "imagenet" and self.root is None:
             raise _FieldError("root", "dataset imagenet needs root: the folder holding train/ and val/")
 
@@ -1024,6 +1031,23 @@ def _self_teacher(model: nn.Module, state: Any | None) -> nn.Module:
     return teacher.eval().requires_grad_(False)
 
 
+def _calibrate_for_phase(model: nn.Module, ema: Any | None, loader: Any, recipe: Recipe, *, epoch: int) -> None:
+    """Fixed mode, when a phase changes the bit widths: choose clips from ``calibration_images`` training images
+    (new quantizers are initialised; lowered ones keep their learned a, c unless the new clip has a lower
+    quantization error) and restart the weight EMA from the model (an average across bit widths mixes grids)."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)  # the phase's first batches, whatever ran before (exact resume)
+    batches, seen = [], 0
+    for x, _ in loader:
+        batches.append(x)
+        seen += len(x)
+        if seen >= recipe.data.calibration_images:
+            break
+    calibrate(model, batches, keep_learned=True, seed=recipe.seed)
+    if ema is not None:
+        ema.reset(model)
+
+
 def _read_ranking(path: Path) -> list[tuple[str, float]]:
     return [(r["layer"], r["aiwq"]) for r in json.loads(path.read_text())["ranking"]]
 
@@ -1108,7 +1132,8 @@ def run_recipe(
         _write_json(out / "random_order.json", {"seed": recipe.seed, "order": random_freeze_order(
             model, seed=recipe.seed, include_linear=recipe.aiwq.include_linear)})
     (out / "plan.txt").write_text(format_plan(recipe, num_layers=num_layers) + "\n")
-    ema = ModelEMA(model, recipe.train.ema_decay) if recipe.train.ema_decay is not None else None
+    fixed = recipe.mode == "fixed"
+    ema = ModelEMA(model, recipe.train.ema_decay, warmup=fixed) if recipe.train.ema_decay is not None else None
     meta_base = {"recipe": recipe.name, "model_args": {
         "model": recipe.model.arch, "num_classes": recipe.model.num_classes, "width_mult": recipe.model.width_mult,
         "cifar_stem": recipe.model.cifar_stem, "stem_stride": recipe.model.stem_stride,
@@ -1160,6 +1185,9 @@ def run_recipe(
         set_phase_bits(model, recipe, p)
         if ema is not None:
             set_phase_bits(ema.module, recipe, p)
+        before = units[u.index - 1].phase if u.index > 0 else None
+        if fixed and (p.act_bits, p.weight_bits) != ((before.act_bits, before.weight_bits) if before else (None, None)):
+            _calibrate_for_phase(model, ema, train_loader, recipe, epoch=u.epoch_offset)
         if u.index == first_todo and restored is not None and recipe.has("teacher_train_mode"):
             if teacher_for(p) is not None:  # the train-mode teacher's drifted BN statistics
                 _restore_teacher_buffers(teacher_for(p), restored.extra)

@@ -66,6 +66,10 @@ COSINE_FLOOR = 1e-3  # the cosine ends at 1e-3 x the base lr
 RESUME_FREE_FIELDS = ("device", "progress", "checkpoint_every", "compile", "channels_last")
 
 
+#: The checkpoint ``extra`` entry that holds :attr:`ModelEMA.updates` (so a resumed warm-up continues exactly).
+EMA_UPDATES_KEY = "ema_updates"
+
+
 class DivergenceError(RuntimeError):
     """The training loss became NaN or infinite. The last good checkpoint on disk is left as it was."""
 
@@ -410,10 +414,16 @@ def bits_summary(model: nn.Module) -> dict[str, int | list[int | None] | None]:
 class ModelEMA:
     """An exponential moving average of a model's whole state, updated after every optimizer step.
 
-    Math: ema <- ema + (1 - d) (live - ema) for every floating-point entry of the state dict (weights, biases,
+    Math: ema <- ema + (1 - d_n) (live - ema) for every floating-point entry of the state dict (weights, biases,
     BN gamma/beta *and* running mean/var, quantizer ``a_hat``/``c_hat``); integer and bool entries
     (``num_batches_tracked``, the quantizers' ``initialized`` flag) are copied. With d = 0.9997 the average
     spans about 1 / (1 - d) = 3333 steps.
+
+    Warm-up (``warmup=True``, the default): after n updates, d_n = min(d, (1 + n) / (10 + n)), as TensorFlow's
+    and timm's EMAs do, so the average forgets its starting point within a few hundred steps however large d is.
+    Without it (the official code, ``warmup=False``) d_n = d: a run of a few hundred steps at d = 0.9997 keeps
+    ~90 % of the starting weights, and an EMA of a quick-scale run scored at chance. :meth:`reset` restarts the
+    average from the live model (PROFIT's fixed mode does so when the bit widths change).
 
     A quantizer that initialises itself from its first batch *after* the EMA was made is copied as a whole into
     the EMA at that moment (the official code averaged from the uninitialised values instead, notes G.12).
@@ -422,17 +432,22 @@ class ModelEMA:
     Args:
         model: the live model; it is deep-copied (forward hooks, e.g. AIWQ trackers, are not).
         decay: d in [0, 1).
+        warmup: grow the decay with the number of updates (see above).
 
     >>> live = nn.Linear(1, 1, bias=False); _ = live.weight.data.fill_(0.0)
-    >>> ema = ModelEMA(live, decay=0.5); _ = live.weight.data.fill_(1.0); ema.update(live)
+    >>> ema = ModelEMA(live, decay=0.5, warmup=False); _ = live.weight.data.fill_(1.0); ema.update(live)
     >>> ema.module.weight.item()
     0.5
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9997) -> None:
+    def __init__(self, model: nn.Module, decay: float = 0.9997, *, warmup: bool = True) -> None:
         if not _is_real(decay) or not 0 <= decay < 1:
             raise ValueError(f"EMA decay must be a number in [0, 1), got {decay!r}")
+        if not isinstance(warmup, bool):
+            raise TypeError(f"warmup must be True or False, got {warmup!r}")
         self.decay = float(decay)
+        self.warmup = warmup
+        self.updates = 0  # n, the number of updates so far (checkpoints keep it: see fit)
         self.module = copy.deepcopy(model).eval()
         for m in self.module.modules():
             # hooks that the live model's tools (AIWQ trackers, debuggers) registered must not run on the copy
@@ -477,7 +492,20 @@ class ModelEMA:
             else:
                 e.copy_(live[key])
         if floats_ema:
-            torch._foreach_lerp_(floats_ema, floats_live, 1.0 - self.decay)
+            torch._foreach_lerp_(floats_ema, floats_live, 1.0 - self.current_decay())
+        self.updates += 1
+
+    def current_decay(self) -> float:
+        """d_n, the decay the next update uses."""
+        n = self.updates
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def reset(self, model: nn.Module) -> None:
+        """Restart the average from ``model``'s current state (n = 0)."""
+        self._sync_settings(model)
+        self.module.load_state_dict(model.state_dict(), strict=True)
+        self.updates = 0
 
     def state_dict(self) -> dict[str, Tensor]:
         return self.module.state_dict()
@@ -691,6 +719,8 @@ def fit(
             state.restore(model, ema_model=ema.module if ema is not None else None, optimizer=optimizer)
             if teacher is not None and config.teacher_train_mode:
                 _restore_teacher(teacher, state.extra, state.path)
+            if ema is not None and EMA_UPDATES_KEY in state.extra:
+                ema.updates = int(state.extra[EMA_UPDATES_KEY])
             _set_rng_state(state.rng, device)
             history = History(state.history)
             start = state.epoch + 1
@@ -729,7 +759,9 @@ def fit(
                          record["train_top1"], record["val_top1"])
                 if out is not None and ((epoch + 1) % config.checkpoint_every == 0 or epoch == config.epochs - 1):
                     extra = ({f"teacher.{k}": v for k, v in teacher.named_buffers()}
-                             if teacher is not None and config.teacher_train_mode else None)
+                             if teacher is not None and config.teacher_train_mode else {})
+                    if ema is not None:
+                        extra[EMA_UPDATES_KEY] = torch.tensor(ema.updates, dtype=torch.int64)
                     ckpt.save_checkpoint(out, epoch=epoch, model=model, optimizer=optimizer,
                                          ema_model=ema.module if ema is not None else None, history=history,
                                          config=config.to_dict(), meta=meta, rng=_rng_state(device), extra=extra)

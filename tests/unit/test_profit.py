@@ -333,8 +333,10 @@ def test_freezing_leaves_exactly_the_chosen_weights_unchanged_while_bn_a_c_train
     assert torch.equal(before["3.weight"], after["3.weight"])
     for name in ("0.weight", "6.weight", "11.weight"):
         assert not torch.equal(before[name], after[name]), name
-    for name in ("4.weight", "4.bias", "3.weight_quant.a_hat", "5.quantizer.a_hat", "5.quantizer.c_hat"):
-        assert not torch.equal(before[name], after[name]), name  # BN after "3", its a, the next act's a and c
+    for name in ("4.weight", "4.bias", "3.weight_quant.a_hat", "5.quantizer.a_hat"):
+        assert not torch.equal(before[name], after[name]), name  # BN after "3", its a, the next act's a
+    # the next act's c trains too, but its gradient here (~4e-6, times lr 0.5 x 0.01) is below float32's resolution
+    assert net[5].quantizer.c_hat.grad is not None and net[5].quantizer.c_hat.grad.abs().item() > 0
     # a conv's weight scale c is invisible to the BN that follows (zero gradient), so check it still has an lr
     assert _lr_of(net, frozen, "3.weight_quant.c_hat") > 0 and _lr_of(net, frozen, "3.weight") == 0
 

@@ -251,7 +251,7 @@ def test_ema_math_on_a_toy_model():
         for t in live.state_dict().values():
             if t.is_floating_point():
                 t.fill_(0.0)
-    ema = ModelEMA(live, decay=0.9)
+    ema = ModelEMA(live, decay=0.9, warmup=False)
     assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
     with torch.no_grad():
         for t in live.state_dict().values():
@@ -272,7 +272,7 @@ def test_ema_math_on_a_toy_model():
 def test_ema_covers_quantizer_parameters_and_copies_late_initialisation():
     x, _ = tiny_data(8)
     net = quantize_model(tiny_cnn(), 4, 4)
-    ema = ModelEMA(net, decay=0.5)
+    ema = ModelEMA(net, decay=0.5, warmup=False)
     net(x)  # quantizers initialise from this batch, after the EMA was made
     ema.update(net)
     live = net.state_dict()
@@ -286,6 +286,64 @@ def test_ema_covers_quantizer_parameters_and_copies_late_initialisation():
     torch.testing.assert_close(ema.state_dict()["2.quantizer.a_hat"], a0 + 0.5)  # averaged from now on
     ema.module(x)  # runs without re-initialising: a stays what the EMA says
     torch.testing.assert_close(ema.state_dict()["2.quantizer.a_hat"], a0 + 0.5)
+
+
+def test_ema_warms_up_and_resets():
+    live = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        live.weight.fill_(0.0)
+    ema = ModelEMA(live, decay=0.9997)
+    with torch.no_grad():
+        live.weight.fill_(1.0)
+    decays = []
+    for _ in range(200):
+        decays.append(ema.current_decay())
+        ema.update(live)
+    assert decays[:3] == pytest.approx([1 / 10, 2 / 11, 3 / 12])  # d_n = (1 + n) / (10 + n) while below d
+    expected = 1.0 - math.prod(decays)  # e_n = 1 - prod(d_k): the start's weight decays away
+    assert ema.module.weight.item() == pytest.approx(expected) and expected > 0.95
+    cold = ModelEMA(nn.Linear(1, 1, bias=False), decay=0.9997, warmup=False)
+    assert cold.current_decay() == 0.9997
+    with torch.no_grad():
+        live.weight.fill_(5.0)
+    ema.reset(live)
+    assert ema.module.weight.item() == 5.0 and ema.updates == 0
+    with pytest.raises(TypeError, match="warmup"):
+        ModelEMA(live, warmup=1)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_ema_warm_up_resumes_exactly(tmp_path):
+    """The EMA's update count travels in the checkpoint: a run stopped after epoch 0 and resumed ends with the
+    same EMA as one that never stopped (without the count, the resumed warm-up would start over)."""
+    x, y = tiny_data(16)
+    cfg = TrainConfig(epochs=2, ema_decay=0.999, seed=3)
+
+    def run(out_dir, crash: bool):
+        torch.manual_seed(0)
+        net = quantize_model(tiny_cnn(), 4, 4)
+        ema = ModelEMA(net, 0.999)
+
+        def stop(epoch, record):
+            if crash and epoch == 0:
+                raise _Crash
+
+        try:
+            fit(net, TinyLoader(x, y, 8), None, cfg, out_dir=out_dir, ema=ema, callback=stop)
+        except _Crash:
+            torch.manual_seed(0)
+            net = quantize_model(tiny_cnn(), 4, 4)
+            ema = ModelEMA(net, 0.999)
+            fit(net, TinyLoader(x, y, 8), None, cfg, out_dir=out_dir, ema=ema)
+        return ema
+
+    straight, resumed = run(tmp_path / "a", False), run(tmp_path / "b", True)
+    assert straight.updates == resumed.updates == 4  # two epochs of two steps
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
 def test_ema_with_decay_zero_tracks_the_model_exactly():
