@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 KEEP: Any = type("Keep", (), {"__repr__": lambda self: "KEEP"})()
 
 FilterFn = Callable[[nn.Module, str], bool]
+#: How :func:`calibrate` runs BatchNorm: running statistics, batch statistics, or train mode (updating them).
+BN_MODES = ("running", "batch", "update")
 UNSIGNED_ACTS = (nn.ReLU, nn.ReLU6)
 
 
@@ -405,7 +407,8 @@ def calibrate(
     model: nn.Module,
     data: Tensor | Iterable[Tensor] | Iterable[tuple[Tensor, ...]],
     *,
-    bn_update: bool = False,
+    bn: str = "running",
+    keep_learned: bool = False,
     seed: int = 0,
 ) -> nn.Module:
     """Initialise every quantizer of a quantized model from data; returns the model.
@@ -420,8 +423,15 @@ def calibrate(
         model: a model returned by :func:`quantize_model`.
         data: one batch ``(N, C, H, W)``, or an iterable of batches or of ``(x, y)`` pairs (a loader; every
             batch it yields is used, so pass a few: 4 batches of 256 CIFAR-10 images take seconds).
-        bn_update: run the pass in train mode, updating BN running statistics once per batch, as the official
-            code did; by default the pass runs in eval mode and BN statistics are left alone.
+        bn: how BatchNorm normalises during the pass. ``"running"`` (default; for post-training quantization):
+            eval mode, with the running statistics, which stay as they are. ``"batch"`` (before quantization-aware
+            training): with each batch's own statistics, as training will, and the running statistics still
+            untouched (a model whose running statistics lag its weights, e.g. one trained briefly, otherwise
+            gets clips for activations it never produces in training). ``"update"``: train mode, updating the
+            running statistics once per batch, as the official code did.
+        keep_learned: for quantizers already initialised (e.g. trained at more bits before ``set_bits`` lowered
+            them), keep the learned parameters unless the new clip quantizes the same data with a lower mean
+            squared error at the current bit width. Uninitialised quantizers are initialised either way.
         seed: seeds the subsampling of large activations.
 
     Raises:
@@ -435,8 +445,10 @@ def calibrate(
         raise ValueError("model has no quantized layers: call quantize_model(model, ...) first")
     for name, m in weights.items():
         if m.weight_quant.bits is not None:
-            _init_quantizer(m.weight_quant, m.weight, f"the weight of {name}")
-    collectors = _collect(model, acts, batches, bn_update=bn_update, seed=seed)
+            _init_quantizer(m.weight_quant, m.weight, f"the weight of {name}", keep_learned=keep_learned)
+    if bn not in BN_MODES:
+        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
+    collectors = _collect(model, acts, batches, bn=bn, seed=seed)
     for name, m in acts.items():
         q = m.quantizer
         if q.bits is None:
@@ -445,20 +457,31 @@ def calibrate(
         if col.first is None:
             raise RuntimeError(f"activation quantizer {name} was not reached by the calibration batches")
         if q.init_style == "reference":
-            _init_quantizer(q, col.first, name, cap=m._cap)
+            _init_quantizer(q, col.first, name, keep_learned=keep_learned, cap=m._cap)
         else:
-            _init_quantizer(q, torch.cat(col.samples), name, cap=m._cap, high=col.high)
+            _init_quantizer(q, torch.cat(col.samples), name, keep_learned=keep_learned, cap=m._cap, high=col.high)
     return model
 
 
-def _init_quantizer(q: Quantizer, x: Tensor, where: str, **kwargs: Any) -> None:
+@torch.no_grad()
+def _init_quantizer(q: Quantizer, x: Tensor, where: str, *, keep_learned: bool, **kwargs: Any) -> None:
+    """``q.init_from(x)``; with ``keep_learned``, an initialised quantizer keeps its state unless that is worse."""
+    learned = {k: v.clone() for k, v in q.state_dict().items()} if keep_learned and q._ready else None
+    x = x.detach()
     try:
         q.init_from(x, **kwargs)
     except ValueError as err:
         raise ValueError(f"calibration of {where}: {err}") from err
+    if learned is not None:
+        new_error = float((q.quantize(x) - x).pow(2).mean())
+        fresh = {k: v.clone() for k, v in q.state_dict().items()}
+        q.load_state_dict(learned)
+        learned_error = float((q.quantize(x) - x).pow(2).mean())
+        if not math.isfinite(learned_error) or new_error < learned_error:
+            q.load_state_dict(fresh)
 
 
-def _collect(model: nn.Module, acts: dict[str, QAct], batches: list[Tensor], *, bn_update: bool,
+def _collect(model: nn.Module, acts: dict[str, QAct], batches: list[Tensor], *, bn: str,
              seed: int) -> dict[str, _Collector]:
     """Run ``batches`` through the float network; each QAct's collector keeps what its quantizer would see.
 
@@ -467,7 +490,7 @@ def _collect(model: nn.Module, acts: dict[str, QAct], batches: list[Tensor], *, 
     """
     collectors = {name: _Collector(name, seed) for name in acts}
     saved_bits = {name: m.quantizer.bits for name, m in acts.items()}
-    was_training = model.training
+    modes = {m: (m.training, getattr(m, "track_running_stats", None)) for m in model.modules()}
 
     def hook_for(name: str) -> Callable[..., None]:
         def hook(mod: QAct, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -479,7 +502,12 @@ def _collect(model: nn.Module, acts: dict[str, QAct], batches: list[Tensor], *, 
     try:
         for m in acts.values():
             m.quantizer.bits = None
-        model.train(bn_update)
+        model.train(bn == "update")
+        if bn == "batch":
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()  # normalise with the batch's statistics ...
+                    m.track_running_stats = False  # ... and leave the running ones (and their count) alone
         for b in batches:
             model(b)
     finally:
@@ -487,5 +515,8 @@ def _collect(model: nn.Module, acts: dict[str, QAct], batches: list[Tensor], *, 
             h.remove()
         for name, m in acts.items():
             m.quantizer.bits = saved_bits[name]
-        model.train(was_training)
+        for m, (training, track) in modes.items():
+            m.training = training
+            if track is not None:
+                m.track_running_stats = track
     return collectors

@@ -1043,7 +1043,7 @@ def _calibrate_for_phase(model: nn.Module, ema: Any | None, loader: Any, recipe:
         seen += len(x)
         if seen >= recipe.data.calibration_images:
             break
-    calibrate(model, batches, keep_learned=True, seed=recipe.seed)
+    calibrate(model, batches, bn="batch", keep_learned=True, seed=recipe.seed)
     if ema is not None:
         ema.reset(model)
 

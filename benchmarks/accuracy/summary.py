@@ -6,7 +6,9 @@ Reads the ``accuracy/...`` lines that ``run.py`` appended (never a number typed 
 each run (same id and setup), and prints one table per (recipe, init checkpoint): each variant's seeds and its
 top-1 as mean +- sample standard deviation over seeds, for the trained model and for its weight EMA; then the
 paired differences that the benchmark exists for (PROFIT minus no freezing, PROFIT minus random freezing), over
-the seeds both variants share. Writes the same as JSON to ``benchmarks/results/accuracy_<scale>.json``.
+the seeds both variants share, with a 95 % t-interval; then, for PROFIT runs, the number of depthwise convs in
+the top third of each seed's AIWQ ranking and the rank correlation between seeds. Writes the same as JSON to
+``benchmarks/results/accuracy_<scale>.json``.
 """
 
 from __future__ import annotations
@@ -32,14 +34,55 @@ PAIRS = (("profit_w4a4", "duq_w4a4"), ("profit_w3a3", "duq_w3a3"), ("profit_w4a4
 COPIES = ("model", "ema")
 
 
+#: Student's t quantile t(0.975, df) for a two-sided 95 % interval of a mean over n = df + 1 seeds.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
 def stats(values: list[float]) -> dict[str, Any]:
-    """n, mean and sample standard deviation (None for one value) of a list of top-1 values.
+    """n, mean, sample standard deviation and the 95 % t-interval's half-width (None for one value).
 
     >>> stats([70.0, 72.0, 74.0])
-    {'n': 3, 'mean': 72.0, 'std': 2.0, 'values': [70.0, 72.0, 74.0]}
+    {'n': 3, 'mean': 72.0, 'std': 2.0, 'ci95': 4.969, 'values': [70.0, 72.0, 74.0]}
     """
-    return {"n": len(values), "mean": round(statistics.fmean(values), 3),
-            "std": round(statistics.stdev(values), 3) if len(values) > 1 else None, "values": values}
+    n = len(values)
+    std = statistics.stdev(values) if n > 1 else None
+    half = T975.get(n - 1, 1.96) * std / n**0.5 if std is not None else None
+    return {"n": n, "mean": round(statistics.fmean(values), 3), "std": None if std is None else round(std, 3),
+            "ci95": None if half is None else round(half, 3), "values": values}
+
+
+def spearman(a: list[str], b: list[str]) -> float:
+    """Spearman's rank correlation of two rankings (most unstable first) of the same layers.
+
+    >>> spearman(["x", "y", "z"], ["x", "y", "z"]), spearman(["x", "y", "z"], ["z", "y", "x"])
+    (1.0, -1.0)
+    """
+    if sorted(a) != sorted(b):
+        raise ValueError("rankings of different layers cannot be compared")
+    n = len(a)
+    rank_b = {name: i for i, name in enumerate(b)}
+    d2 = sum((i - rank_b[name]) ** 2 for i, name in enumerate(a))
+    return 1 - 6 * d2 / (n * (n * n - 1))
+
+
+def ranking_summary(rankings_dir: Path, scale: str) -> list[dict[str, Any]]:
+    """Per (recipe, variant): depthwise convs in the top third of each seed's AIWQ ranking, and the Spearman
+    correlation of every pair of seeds' rankings (files written by ``variants.save_ranking``)."""
+    groups: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for path in sorted(rankings_dir.glob(f"{scale}_*.json")):
+        doc = json.loads(path.read_text())
+        groups.setdefault((doc["recipe"], doc["variant"]), {})[doc["seed"]] = doc
+    out = []
+    for (recipe, variant), by_seed in sorted(groups.items()):
+        seeds = sorted(by_seed)
+        orders = {k: [r["layer"] for r in by_seed[k]["ranking"]] for k in seeds}
+        pairs = [{"seeds": [i, j], "spearman": round(spearman(orders[i], orders[j]), 3)}
+                 for n, i in enumerate(seeds) for j in seeds[n + 1:]]
+        out.append({"recipe": recipe, "variant": variant, "seeds": seeds, "layers": len(orders[seeds[0]]),
+                    "top_third": by_seed[seeds[0]]["top_third"],
+                    "depthwise_in_top_third": {k: by_seed[k]["depthwise_in_top_third"] for k in seeds},
+                    "spearman": pairs})
+    return out
 
 
 def fmt(s: dict[str, Any] | None) -> str:
@@ -47,6 +90,13 @@ def fmt(s: dict[str, Any] | None) -> str:
     if not s:
         return "-"
     return f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "")
+
+
+def fmt_interval(s: dict[str, Any]) -> str:
+    """``"+1.87 [95 % CI -0.22, +3.96]"`` (the mean alone for one seed)."""
+    if s.get("ci95") is None:
+        return f"{s['mean']:+.2f} (one seed, no interval)"
+    return f"{s['mean']:+.2f} [95 % CI {s['mean'] - s['ci95']:+.2f}, {s['mean'] + s['ci95']:+.2f}]"
 
 
 def latest_runs(records: Iterable[dict[str, Any]], scale: str) -> list[dict[str, Any]]:
@@ -124,9 +174,20 @@ def format_tables(groups: list[dict[str, Any]], scale: str) -> str:
         if g["paired"]:
             lines += ["", "paired differences (a - b, same seeds):"]
             for p in g["paired"]:
-                lines.append(f"  {p['a']} - {p['b']} ({p['copy']}): {fmt(p)} points over seeds "
+                lines.append(f"  {p['a']} - {p['b']} ({p['copy']}): {fmt_interval(p)} points over seeds "
                              f"{','.join(map(str, p['seeds']))}")
     return "\n".join(lines[1:])
+
+
+def format_rankings(rankings: list[dict[str, Any]]) -> str:
+    """The AIWQ rankings' depthwise share and agreement between seeds, as text."""
+    lines = []
+    for r in rankings:
+        dw = ", ".join(f"seed {k}: {v}" for k, v in r["depthwise_in_top_third"].items())
+        rho = ", ".join(f"{p['seeds'][0]}-{p['seeds'][1]}: {p['spearman']:.2f}" for p in r["spearman"]) or "-"
+        lines.append(f"  {r['recipe']} {r['variant']}: depthwise convs in the top {r['top_third']} of "
+                     f"{r['layers']} ({dw}); Spearman between seeds ({rho})")
+    return "\n".join(["AIWQ rankings:", *lines]) if lines else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                                                              "$PROFIT_EDU_LEDGER")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="where to write the summary (default: benchmarks/results/accuracy_<scale>.json)")
+    p.add_argument("--rankings", type=Path, default=None, metavar="DIR",
+                   help="the AIWQ rankings saved by run.py (default: rankings/ beside the ledger)")
     args = p.parse_args(argv)
     path = args.ledger or ledger.default_path()
     records = latest_runs(ledger.read(path), args.scale)
@@ -144,9 +207,12 @@ def main(argv: list[str] | None = None) -> int:
               "benchmarks/accuracy/run.py first", file=sys.stderr)
         return 1
     groups = summarise(records)
+    rankings = ranking_summary(args.rankings or path.parent / "rankings", args.scale)
     print(format_tables(groups, args.scale))
+    if rankings:
+        print("\n" + format_rankings(rankings))
     doc = {"benchmark": "accuracy", "scale": args.scale, "ledger": str(path), "date": _dt.date.today().isoformat(),
-           "lines": len(records), "groups": groups}
+           "lines": len(records), "groups": groups, "rankings": rankings}
     out = args.json or RESULTS / f"accuracy_{args.scale}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1, default=str) + "\n")

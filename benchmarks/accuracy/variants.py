@@ -68,6 +68,7 @@ __all__ = [
     "parse_set",
     "progressive_bits",
     "run_variant",
+    "save_ranking",
     "scoring_set",
     "setup_hash",
     "variant_recipe",
@@ -362,6 +363,27 @@ def _command(recipe_arg: str, variant: str, seed: int, init: Path, out: Path, ov
     return " ".join(parts)
 
 
+def save_ranking(run_dir: Path, *, scale: str, recipe: str, variant: str, seed: int,
+                 ledger_path: Path | None = None) -> dict[str, Any] | None:
+    """Copy a PROFIT run's AIWQ ranking (``run_dir/aiwq_ranking.json``) next to the ledger, in
+    ``<ledger's folder>/rankings/<scale>_<recipe>_<variant>_seed<k>.json``, with the number of depthwise convs in
+    its top third; returns those facts for the ledger line (None when the run measured no ranking)."""
+    rankings_dir = (ledger_path or ledger.default_path()).parent / "rankings"
+    source = Path(run_dir) / "aiwq_ranking.json"
+    if not source.is_file():
+        return None
+    doc = json.loads(source.read_text())
+    rows = doc["ranking"]
+    top = rows[: len(rows) // 3]
+    doc.update({"scale": scale, "recipe": recipe, "variant": variant, "seed": seed, "top_third": len(top),
+                "depthwise_in_top_third": sum(r["kind"] == "depthwise" for r in top)})
+    target = rankings_dir / f"{scale}_{recipe}_{variant}_seed{seed}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(doc, indent=1) + "\n")
+    return {"ranking_file": f"rankings/{target.name}",
+            "depthwise_in_top_third": doc["depthwise_in_top_third"], "top_third": len(top)}
+
+
 def _claim_run_dir(run_dir: Path, init: InitCheckpoint) -> None:
     """Record the init in ``run_dir/init.json``; refuse a directory that a run from another init started.
 
@@ -438,14 +460,16 @@ def run_variant(
     has_ema = init.state.ema_state is not None if trained is None else trained.train.ema_decay is not None
     ids = [f"{ID_PREFIX}/{scale}/{base.name}/{v.name}/seed{record_seed}/{copy}"
            for copy in ("model", "ema")[: 2 if has_ema else 1]]
+    run_dir = Path(out_dir) / v.name / f"seed{record_seed}"
     if not force:
         found = _existing(ledger_path, ids, setup)
         if found:
+            save_ranking(run_dir, scale=scale, recipe=base.name, variant=v.name, seed=record_seed,
+                         ledger_path=ledger_path)
             log.info("%s seed %d: already in the ledger (setup %s), skipped", v.name, record_seed, setup)
             return found
 
     loader = DeviceLoader(test_data, 256, train=False, device=device)
-    run_dir = Path(out_dir) / v.name / f"seed{record_seed}"
     torch.manual_seed(seed)
     if trained is None:  # the float init, scored as it is
         model = _float_model_from_init(base, init)
@@ -478,7 +502,9 @@ def run_variant(
                  "act_bits_schedule": list(trained.schedule.act_bits),
                  "weight_bits_schedule": list(trained.schedule.weight_bits),
                  "freeze": trained.schedule.freeze, "quantizer": trained.method, "run_dir": str(run_dir),
-                 "frozen_layers": {p.phase.name: len(p.frozen) for p in result.phases if p.phase.kind == "ft"}}
+                 "frozen_layers": {p.phase.name: len(p.frozen) for p in result.phases if p.phase.kind == "ft"},
+                 **(save_ranking(run_dir, scale=scale, recipe=base.name, variant=v.name, seed=record_seed,
+                                 ledger_path=ledger_path) or {})}
     wall = train_wall + time.perf_counter() - start  # every epoch's wall time (earlier sessions too) + scoring
     records = []
     for (copy, r), record_id in zip(scores.items(), ids):

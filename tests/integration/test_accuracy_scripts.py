@@ -139,8 +139,21 @@ def test_every_variant_writes_its_ledger_lines_resumes_and_summarises(scripts, f
     assert rows["profit_w4a4"]["model"]["mean"] == pytest.approx(statistics.fmean(values), abs=1e-3)
     assert rows["profit_w4a4"]["model"]["std"] == pytest.approx(statistics.stdev(values), abs=1e-3)
     assert rows["lsq_w4a4"]["model"]["n"] == 1 and rows["lsq_w4a4"]["model"]["std"] is None
-    pairs = {(p["a"], p["b"], p["copy"]) for p in group["paired"]}
+    pairs = {(p["a"], p["b"], p["copy"]): p for p in group["paired"]}
     assert ("profit_w4a4", "duq_w4a4", "model") in pairs and ("profit_w4a4", "random_w4a4", "ema") in pairs
+    diff = pairs["profit_w4a4", "duq_w4a4", "model"]  # two seeds: t(0.975, 1) = 12.706
+    assert diff["ci95"] == pytest.approx(12.706 * statistics.stdev(diff["values"]) / 2**0.5, abs=2e-3)
+    assert "95 % CI" in table
+    # every PROFIT run's AIWQ ranking is kept beside the ledger, and the summary compares the seeds' rankings
+    for s in (0, 1):
+        saved = json.loads((book.parent / "rankings" / f"tiny_tiny_profit_w4a4_seed{s}.json").read_text())
+        top = saved["ranking"][: saved["top_third"]]
+        assert saved["depthwise_in_top_third"] == sum(r["kind"] == "depthwise" for r in top)
+        assert by["profit_w4a4", s, "model"]["ranking_file"] == f"rankings/tiny_tiny_profit_w4a4_seed{s}.json"
+    ranks = {r["variant"]: r for r in doc["rankings"]}["profit_w4a4"]
+    assert ranks["seeds"] == [0, 1] and ranks["layers"] == len(saved["ranking"])
+    assert -1 <= ranks["spearman"][0]["spearman"] <= 1
+    assert "AIWQ rankings:" in table
     print(f"tiny matrix: {elapsed:.1f} s")
 
 

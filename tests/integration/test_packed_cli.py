@@ -34,7 +34,7 @@ def trained_run(tmp_path):
     torch.manual_seed(0)
     net = pe.models.mobilenet_v2(num_classes=10, width_mult=0.25, cifar_stem=True)
     pe.quantize_model(net, 4, 4)
-    pe.calibrate(net, torch.randn(16, 3, 32, 32), bn_update=True)
+    pe.calibrate(net, torch.randn(16, 3, 32, 32), bn="update")
     net.eval()
     run_dir = tmp_path / "run"
     save_checkpoint(run_dir, epoch=0, model=net, meta={"model_args": MODEL_ARGS,

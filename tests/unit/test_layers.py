@@ -198,8 +198,13 @@ def test_calibrate_runs_float_network_and_initialises():
     assert {m.bits for _, m in quantizers(q, "act")} == {4}
     assert q.training  # the mode is put back ...
     assert all(torch.equal(v, q.state_dict()[k]) for k, v in bn_before.items())  # ... and BN left alone
-    pe.calibrate(q, torch.randn(16, 3, 16, 16), bn_update=True)  # the official code's one BN update
+    pe.calibrate(q, torch.randn(16, 3, 16, 16), bn="batch")  # batch statistics, running ones untouched
+    assert all(torch.equal(v, q.state_dict()[k]) for k, v in bn_before.items()) and q.training
+    assert all(m.track_running_stats for m in q.modules() if isinstance(m, nn.BatchNorm2d))
+    pe.calibrate(q, torch.randn(16, 3, 16, 16), bn="update")  # the official code's one BN update
     assert not all(torch.equal(v, q.state_dict()[k]) for k, v in bn_before.items())
+    with pytest.raises(ValueError, match="bn must be one of"):
+        pe.calibrate(q, torch.randn(1, 3, 16, 16), bn="train")
     with pytest.raises(ValueError, match="no quantized layers"):
         pe.calibrate(dw_separable_cnn(), torch.randn(1, 3, 16, 16))
 
@@ -302,3 +307,21 @@ def test_untraceable_model_asks_for_explicit_map():
         pe.quantize_model(Branchy(), 4, 4)
     q = pe.quantize_model(Branchy(), 4, 4, input_quantizers={"conv": "act"})
     assert q.conv.pad_value == -HSWISH_OFFSET
+
+
+def test_calibrate_keep_learned_keeps_better_clips_and_replaces_worse_ones():
+    torch.manual_seed(5)
+    net = randomize_bn(dw_separable_cnn())
+    x = torch.randn(16, 3, 16, 16)
+    q = pe.calibrate(pe.quantize_model(net, 8, 8), x)
+    best = {n: m.a.item() for n, m in quantizers(q)}
+    pe.set_bits(q, weight_bits=4, act_bits=4)
+    pe.calibrate(q, x, keep_learned=True)  # at 4 bits the 8-bit clips quantize worse: all are chosen again
+    assert any(abs(m.a.item() - best[n]) > 1e-6 for n, m in quantizers(q))
+    tuned = {n: m.a.item() for n, m in quantizers(q)}
+    pe.calibrate(q, x, keep_learned=True)  # already the best clips: nothing moves
+    assert {n: m.a.item() for n, m in quantizers(q)} == tuned
+    with torch.no_grad():
+        q[2].quantizer.a_hat.fill_(math.nan)  # a diverged clip is always replaced
+    pe.calibrate(q, x, keep_learned=True)
+    assert math.isfinite(q[2].quantizer.a.item())

@@ -52,7 +52,7 @@ def _qat_model(builder: str, bits: int, width: float, steps: int, seed: int):
         data = synthetic(32 * (steps + 1), seed=seed)
         x, y = normalised(data.images), data.labels
         net.train()
-        pe.calibrate(net, x[:32], bn_update=True)
+        pe.calibrate(net, x[:32], bn="update")
         opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9)
         for s in range(steps):
             xb, yb = x[32 * (s + 1):32 * (s + 2)], y[32 * (s + 1):32 * (s + 2)]
