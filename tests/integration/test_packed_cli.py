@@ -1,4 +1,4 @@
-"""``profit-edu pack`` then ``profit-edu run-packed``, through argparse (profit_edu.packed.cli)."""
+"""``profit-edu pack`` then ``profit-edu run-packed``, through argparse (profit_edu.cli.packed)."""
 
 import argparse
 import json
@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 import profit_edu as pe
 from profit_edu.checkpoint import save_checkpoint
+from profit_edu.cli.packed import add_pack_commands, load_image
 from profit_edu.packed import IntegerEngine, load_packed, quantize_image
-from profit_edu.packed.cli import add_pack_commands, load_image
 
 MODEL_ARGS = {"model": "mobilenet_v2", "num_classes": 10, "width_mult": 0.25, "cifar_stem": True,
               "stem_stride": None, "negative_padding": False, "weight_bits": 4, "act_bits": 4}

@@ -448,7 +448,7 @@ def test_trackers_work_together_with_set_bits():
 
 
 # --------------------------------------------------------------------------------------------
-# Figures (profit_edu.aiwq_plots)
+# Figures (profit_edu.book.aiwq_plots)
 # --------------------------------------------------------------------------------------------
 def test_figures_draw_from_tracker_output():
     import matplotlib
@@ -456,7 +456,7 @@ def test_figures_draw_from_tracker_output():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from profit_edu.aiwq_plots import ema_with_skip, plot_aiwq_ranking, plot_aiwq_vs_bits, plot_raw_vs_ema
+    from profit_edu.book.aiwq_plots import ema_with_skip, plot_aiwq_ranking, plot_aiwq_vs_bits, plot_raw_vs_ema
 
     net = tiny_net()
     tracker = AIWQTracker(net, skip_above=math.inf)

@@ -1,4 +1,4 @@
-"""profit_edu.plots: each figure function draws what it is given and returns the Figure or Axes."""
+"""profit_edu.book.plots: each figure function draws what it is given and returns the Figure or Axes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from profit_edu import plots, quant
+from profit_edu import quant
+from profit_edu.book import plots
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import quant
+from .. import quant
 
 __all__ = [
     "check_border_fraction",
