@@ -28,9 +28,6 @@ from profit_edu.packed import (
 )
 from profit_edu.packed.program import Conv
 
-BUILDERS = {"mobilenet_v2": pe.models.mobilenet_v2, "mobilenet_v3_small": pe.models.mobilenet_v3_small,
-            "mobilenet_v1": pe.models.mobilenet_v1}
-
 
 def normalised(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
@@ -48,7 +45,7 @@ def _qat_model(builder: str, bits: int, width: float, steps: int, seed: int):
     gen_state = torch.get_rng_state()
     torch.manual_seed(seed)
     try:
-        net = BUILDERS[builder](num_classes=10, width_mult=width, cifar_stem=True)
+        net = pe.models.get_model(builder, num_classes=10, width_mult=width, cifar_stem=True)
         pe.quantize_model(net, weight_bits=bits, act_bits=bits)
         data = synthetic(32 * (steps + 1), seed=seed)
         x, y = normalised(data.images), data.labels
