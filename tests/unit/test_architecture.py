@@ -30,8 +30,8 @@ LAYERS: list[set[str]] = [
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
 #: Files allowed past the limit until they are split (ARCHITECTURE.md, "planned").
-MAX_LINES = 650  # "about 600"; quant.py, the longest one-idea module, has about 640
-TO_BE_SPLIT = {"profit.py", "train.py", "aiwq.py"}
+MAX_LINES = 650  # "about 600"
+TO_BE_SPLIT = {"profit.py", "train.py", "aiwq.py", "quant.py"}
 
 
 def _module_name(path: Path) -> str:

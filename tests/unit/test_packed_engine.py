@@ -155,15 +155,14 @@ def _logit_error(net, program: Program, x: torch.Tensor) -> float:
     return float((ref - got).abs().max()) / spread
 
 
-@pytest.mark.parametrize("builder", ["mobilenet_v2", "mobilenet_v3_small"])
-def test_deployable_model_agrees_with_the_qat_model(builder):
+def test_deployable_model_agrees_with_the_qat_model():
     """Deployment (BatchNorm folded, streams and the image rounded) moves the logits by under 15% of their spread.
 
-    Measured: 9% (v2) and under 1% (v3-small) of the spread over these 32 images. The tolerance is tight enough
-    that a wrong conversion misses it: the same program with every conv's bias doubled is 38% (v2) or 21 spreads
-    (v3-small) off.
+    Measured: 8-9% of the spread (max - min per image) over these 32 images. The tolerance is tight enough that a
+    wrong conversion misses it: the same program with every conv's bias doubled is 38-50% off. (The v3-small QAT
+    model of these tests is too briefly trained for a logit comparison: its logits spread over less than 0.01.)
     """
-    net, program = qat_model(builder), program_of(builder)
+    net, program = qat_model("mobilenet_v2"), program_of("mobilenet_v2")
     x = normalised(synthetic(32, seed=5).images)
     assert top1_agreement(net, DeployableModel(program), x)["agreement"] >= 90.0
     assert _logit_error(net, program, x) <= 0.15
