@@ -181,9 +181,9 @@ def measure_agreement(steps: int, test_images: int, seed: int, checkpoint: Path 
     from profit_edu.data import DeviceLoader, cifar10_or_synthetic
 
     if checkpoint is not None:  # a run written by 'profit-edu train'
-        from profit_edu.packed.cli import _from_checkpoint
+        from profit_edu.cli.packed import model_from_run
 
-        net, arch, extra = _from_checkpoint(checkpoint, use_ema=False)
+        net, arch, extra = model_from_run(checkpoint, use_ema=False)
         fell_back, train_s, what = False, 0.0, f"{arch['builder']} {arch['kwargs']} from {checkpoint}"
         program = to_program(net, arch=arch, **extra)
     else:

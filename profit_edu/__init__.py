@@ -13,6 +13,11 @@ for h-swish, the AIWQ instability metric and progressive freezing. Modules, in t
 * :mod:`profit_edu.data`   - CIFAR-10 (offline copy or checksummed download), ImageNet folders, synthetic data
 * :mod:`profit_edu.pretrained` - the shipped pretrained float checkpoints quantization starts from
 * :mod:`profit_edu.packed` - bit packing, BN folding, the bit-exact integer engine, packed files, ONNX export
+* :mod:`profit_edu.cli`    - the ``profit-edu`` command (not imported here: ``python -m profit_edu.cli``)
+* :mod:`profit_edu.book`   - the chapters' figures, widgets, exercise checks and runtime; it sits on top of the
+  library and is not imported here (``from profit_edu.book import plots``)
+
+ARCHITECTURE.md (in the repository) draws the import direction and says where to change what.
 """
 
 from importlib.metadata import PackageNotFoundError, version

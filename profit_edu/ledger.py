@@ -2,6 +2,11 @@
 
 Every accuracy, size or speed figure that the README or the book reports has a line in
 ``benchmarks/results/ledger.jsonl``, appended by the script that measured it (never edited by hand).
+
+Which file: the ``path`` argument of :func:`append` and :func:`read`, else ``$PROFIT_EDU_LEDGER``, else the
+source checkout's ``benchmarks/results/ledger.jsonl`` when ``profit_edu`` runs from one, else
+``benchmarks/results/ledger.jsonl`` under the current directory (an installed package ships no ledger): see
+:func:`default_path`, which decides when it is called.
 """
 
 from __future__ import annotations
@@ -17,17 +22,23 @@ from typing import Any
 
 import torch
 
-__all__ = ["REQUIRED_KEYS", "append", "default_path", "git_commit", "hardware", "read"]
+from . import _paths
 
+__all__ = ["LEDGER_ENV", "REQUIRED_KEYS", "append", "default_path", "git_commit", "hardware", "read"]
+
+LEDGER_ENV = "PROFIT_EDU_LEDGER"
+_RELATIVE_PATH = Path("benchmarks", "results", "ledger.jsonl")
 REQUIRED_KEYS = ("id", "date", "commit", "hardware", "scale", "metric", "value", "seed", "command")
 
 
 def default_path() -> Path:
-    """``benchmarks/results/ledger.jsonl`` of the source checkout (or ``$PROFIT_EDU_LEDGER``)."""
-    env = os.environ.get("PROFIT_EDU_LEDGER")
+    """The ledger file, resolved when called: ``$PROFIT_EDU_LEDGER``, else ``benchmarks/results/ledger.jsonl`` of
+    the source checkout ``profit_edu`` runs from, else that relative path under the current directory."""
+    env = os.environ.get(LEDGER_ENV)
     if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "ledger.jsonl"
+        return Path(env).expanduser()
+    checkout = _paths.source_checkout()
+    return (checkout if checkout is not None else Path.cwd()) / _RELATIVE_PATH
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -35,8 +46,13 @@ def git_commit(cwd: Path | None = None) -> str:
 
     Changes under ``benchmarks/results/`` (this ledger and the benchmarks' JSON) do not count: they are outputs,
     and appending one line would otherwise mark every later line dirty.
+
+    Args:
+        cwd: a folder inside the repository; default the source checkout ``profit_edu`` runs from, else the
+            current directory.
     """
-    cwd = cwd or Path(__file__).resolve().parents[1]
+    if cwd is None:
+        cwd = _paths.source_checkout() or Path.cwd()
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",

@@ -10,9 +10,10 @@ in ``data/pretrained/<name>/``. Its tensor file's sha256 is pinned in :data:`PRE
 >>> sorted(PRETRAINED)
 ['cifar10-mobilenet_v2-w0.5-s2']
 
-:func:`pretrained_dir` finds a checkpoint (the source checkout's ``data/pretrained``, else the download cache,
-else, with ``download=True``, the repository's copy on GitHub), checks its pinned sha256 and returns the run
-directory, which ``profit-edu evaluate`` and the accuracy benchmark's ``--init`` take as it is.
+:func:`pretrained_dir` finds a checkpoint (``data/pretrained`` of the source checkout, when ``profit_edu`` runs
+from one, else the download cache, else, with ``download=True``, the repository's copy on GitHub), checks its
+pinned sha256 and returns the run directory, which ``profit-edu evaluate`` and the accuracy benchmark's
+``--init`` take as it is.
 :func:`load_pretrained` builds the float model and loads the weights.
 """
 
@@ -28,12 +29,13 @@ from typing import Any
 
 from torch import nn
 
+from . import _paths
 from .checkpoint import JSON_NAME, Checkpoint, CheckpointError, atomic_write_bytes, load_checkpoint
 from .data import default_cache_dir
+from .models import get_model
 
 __all__ = ["BASE_URL", "PRETRAINED", "Pretrained", "load_pretrained", "pretrained_dir"]
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The repository's raw files (its URL is the one in the book's ``_config.yml``; a test checks they agree).
 BASE_URL = "https://raw.githubusercontent.com/profit-edu/profit_edu/main/data/pretrained"
 
@@ -103,7 +105,9 @@ def _locate(name: str, *, download: bool = False, base_url: str = BASE_URL,
             cache_dir: str | os.PathLike[str] | None = None) -> Checkpoint:
     """The loaded, verified checkpoint ``name``.
 
-    Looks in the source checkout's ``data/pretrained/<name>``, then in ``<cache dir>/pretrained/<name>``; with
+    Looks in ``data/pretrained/<name>`` of the source checkout (only when running from one:
+    :func:`profit_edu._paths.source_checkout`), then in ``<cache dir>/pretrained/<name>`` (``cache_dir``, default
+    :func:`~profit_edu.data.default_cache_dir`); with
     ``download=True`` it fetches ``checkpoint.json`` and the tensor file from ``base_url/<name>/`` into the cache
     (pip installs, Colab). Either way the tensor file must have the pinned sha256.
 
@@ -114,7 +118,10 @@ def _locate(name: str, *, download: bool = False, base_url: str = BASE_URL,
     """
     entry = _lookup(name)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    candidates = [_REPO_ROOT / "data" / "pretrained" / name, cache / "pretrained" / name]
+    checkout = _paths.source_checkout()
+    candidates = [cache / "pretrained" / name]
+    if checkout is not None:
+        candidates.insert(0, checkout / "data" / "pretrained" / name)
     for directory in candidates:
         if (directory / JSON_NAME).is_file():
             return _verified(directory, entry)
@@ -136,12 +143,10 @@ def _locate(name: str, *, download: bool = False, base_url: str = BASE_URL,
 def load_pretrained(name: str, **kwargs: Any) -> nn.Module:
     """Build the float model of the shipped checkpoint ``name`` and load its weights (``kwargs``: see
     :func:`pretrained_dir`). Returns it in eval mode."""
-    from . import models
-
     entry = _lookup(name)
     state = _locate(name, **kwargs)  # loaded and verified once
     args = entry.model_args
-    model = getattr(models, args["model"])(args["num_classes"], width_mult=args["width_mult"],
-                                           cifar_stem=args["cifar_stem"], stem_stride=args["stem_stride"])
+    model = get_model(args["model"], num_classes=args["num_classes"], width_mult=args["width_mult"],
+                      cifar_stem=args["cifar_stem"], stem_stride=args["stem_stride"])
     state.restore(model)
     return model.eval()

@@ -65,15 +65,19 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from ._validate import is_bits as _is_bits
+from ._validate import is_int as _is_int
+from ._validate import is_real as _is_real
 from .aiwq import AIWQTracker, layer_kinds, tracked_layers
 from .layers import QAct, QConv2d, QLinear, calibrate, quantize_model, set_bits
+from .models import get_model, list_models
 from .quant import METHODS
 
 __all__ = [
     "FREEZE_POLICIES",
-    "MODES",
     "QUIRKS",
     "RECIPE_DIR",
+    "RECIPE_MODES",
     "RECIPE_VERSION",
     "AIWQSpec",
     "DataSpec",
@@ -110,7 +114,7 @@ log = logging.getLogger(__name__)
 
 RECIPE_VERSION = 1
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
-MODES = ("fixed", "reference")
+RECIPE_MODES = ("fixed", "reference")
 #: How the fine-tunes at a PROFIT bit width choose the layers they freeze (``schedule.freeze``).
 FREEZE_POLICIES = ("aiwq", "random", "none")
 #: The official code's behaviours that ``mode: reference`` can replay, by name (notes B.4, D, G).
@@ -123,7 +127,7 @@ QUIRKS: dict[str, str] = {
                   "n_lv = 0); the model's functional relu6 before pooling is not replayed",
     "aiwq_zero_pad": "AIWQ recomputes last step's output with zero padding, also for convs that pad with -3/8",
 }
-ARCHS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+ARCHS = tuple(list_models())
 DATASETS = ("imagenet", "cifar10", "auto", "synthetic")
 PHASE_KINDS = ("fp", "bn", "ft", "sampling")
 
@@ -143,14 +147,6 @@ class _FieldError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Field checks (each raises _FieldError naming the field)
 # --------------------------------------------------------------------------------------------
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _need(ok: bool, name: str, allowed: str, value: object, index: int | None = None) -> None:
     if not ok:
         raise _FieldError(name, f"{name} must be {allowed}, got {value!r}", index)
@@ -159,7 +155,7 @@ def _need(ok: bool, name: str, allowed: str, value: object, index: int | None = 
 def _check_bits_list(name: str, values: object) -> tuple[int, ...]:
     _need(isinstance(values, (list, tuple)) and len(values) > 0, name, "a non-empty list of bit widths", values)
     for i, b in enumerate(values):
-        _need(_is_int(b) and 2 <= b <= 8, f"{name}[{i}]", "an int bit width in 2..8", b, i)
+        _need(_is_bits(b), f"{name}[{i}]", "an int bit width in 2..8", b, i)
     for i in range(1, len(values)):
         if values[i] >= values[i - 1]:
             raise _FieldError(name, f"{name} must go strictly down (PROFIT lowers bits step by step, e.g. 8 5 4); "
@@ -414,7 +410,7 @@ class Recipe:
         _need(isinstance(self.name, str) and self.name != "", "name", "a non-empty string", self.name)
         _need(isinstance(self.description, str), "description", "a string", self.description)
         _need(isinstance(self.inferred, bool), "inferred", "true or false", self.inferred)
-        _need(self.mode in MODES, "mode", f"one of {MODES}", self.mode)
+        _need(self.mode in RECIPE_MODES, "mode", f"one of {RECIPE_MODES}", self.mode)
         _need(isinstance(self.quirks, (list, tuple)), "quirks", "a list of quirk names", self.quirks)
         for i, q in enumerate(self.quirks):
             _need(q in QUIRKS, f"quirks[{i}]", f"a known quirk, one of {sorted(QUIRKS)}", q, i)
@@ -741,14 +737,10 @@ def build_model(recipe: Recipe, *, pretrained: bool = True) -> nn.Module:
     from . import models
 
     m = recipe.model
-    builders: dict[str, Callable[..., nn.Module]] = {
-        "mobilenet_v1": models.mobilenet_v1, "mobilenet_v2": models.mobilenet_v2,
-        "mobilenet_v3_large": models.mobilenet_v3_large, "mobilenet_v3_small": models.mobilenet_v3_small,
-    }
     kwargs: dict[str, Any] = {"width_mult": m.width_mult, "cifar_stem": m.cifar_stem, "stem_stride": m.stem_stride}
     if m.negative_padding:
         kwargs["negative_padding"] = True
-    model = builders[m.arch](m.num_classes, **kwargs)
+    model = get_model(m.arch, num_classes=m.num_classes, **kwargs)
     if pretrained and m.pretrained == "torchvision":
         import torchvision
 

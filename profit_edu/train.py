@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt
+from ._validate import is_int as _is_int
+from ._validate import is_real as _is_real
 from .layers import QConv2d, quantizers
 from .quant import Quantizer
 
@@ -93,14 +95,6 @@ class Loader(Protocol):
 # --------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train: the optimizer, the schedule, distillation, EMA and bookkeeping.

@@ -12,7 +12,8 @@ integer scales for the residual adds, pooling and SE gates that PROFIT keeps in 
 * :func:`export_onnx` writes it as a QDQ ONNX model for onnxruntime.
 
 Modules, in reading order: :mod:`.bitpack`, :mod:`.fixedpoint`, :mod:`.fold`, :mod:`.program`,
-:mod:`.convert`, :mod:`.engine`, :mod:`.deploy`, :mod:`.fileformat`, :mod:`.onnx_export`, :mod:`.cli`.
+:mod:`.convert`, :mod:`.engine`, :mod:`.deploy`, :mod:`.fileformat`, :mod:`.onnx_export`. The commands
+``profit-edu pack`` and ``run-packed`` live in :mod:`profit_edu.cli.packed`.
 
 >>> import torch
 >>> buf = pack(torch.tensor([0, 1, 2, 3, 4, 5, 6, 7]), 3)

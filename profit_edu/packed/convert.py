@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..layers import QAct, QConv2d, QLinear
 from ..models import MobileNetV1, MobileNetV2, MobileNetV3
 from ..quant import HSWISH_OFFSET, DuQ, code_range, duq_codes, num_steps
@@ -57,10 +58,6 @@ __all__ = ["DEFAULTS", "ConvertOptions", "infer_arch", "to_program"]
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR10_MEAN = (125.3 / 255, 122.9 / 255, 113.9 / 255)
-CIFAR10_STD = (62.5 / 255, 61.9 / 255, 66.5 / 255)
 STREAM_LIMIT = 2**20  # stream codes are clamped to +-2**20 fine steps = +-4096 steps of the next quantizer
 
 

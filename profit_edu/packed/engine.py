@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fixedpoint import HSwishTable, float64_is_exact, multiplier_value, requantize
+from .fixedpoint import FLOAT32_EXACT, HSwishTable, float64_is_exact, multiplier_value, requantize
 from .program import Add, Conv, Pool, Program, Rescale, SEMul, TensorSpec, check_program
 
 __all__ = ["ARITHMETIC", "IntegerEngine", "apply_requant", "conv_table", "quantize_image"]
@@ -56,7 +56,6 @@ __all__ = ["ARITHMETIC", "IntegerEngine", "apply_requant", "conv_table", "quanti
 log = logging.getLogger(__name__)
 
 ARITHMETIC = ("fast", "int64")
-FLOAT32_EXACT = 2**24
 
 
 def quantize_image(x: Tensor, program: Program) -> Tensor:

@@ -46,6 +46,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 from torch import Tensor
 
+from ..checkpoint import atomic_write_bytes
 from .bitpack import PACK_BITS, pack, packed_size, unpack
 from .program import (
     Add,
@@ -330,10 +331,7 @@ def packed_bytes(program: Program) -> bytes:
 def save_packed(program: Program, path: str | os.PathLike) -> int:
     """Write ``program`` to a packed file; returns its size in bytes (see the module docstring)."""
     blob = packed_bytes(program)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, blob)
     return len(blob)
 
 

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "FLOAT32_EXACT",
     "HSWISH_TABLE_LIMIT",
     "HSwishTable",
     "float64_is_exact",
@@ -56,6 +57,9 @@ __all__ = [
 M0_MIN, M0_MAX = 2**30, 2**31  # m0 in [2**30, 2**31)
 SHIFT_MIN, SHIFT_MAX = 1, 62
 HSWISH_TABLE_LIMIT = 3.0  # h-swish(x) = 0 for x <= -3 and = x for x >= 3
+#: float32 holds every integer of magnitude up to 2**24 (24-bit significand), so a float32 conv over integer codes
+#: is exact while every partial sum stays below this (the engine's "fast" arithmetic and the ONNX export use it).
+FLOAT32_EXACT = 2**24
 
 
 def quantize_multiplier(multiplier: float) -> tuple[int, int]:

@@ -30,21 +30,20 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..checkpoint import atomic_write_bytes
 from .engine import IntegerEngine, conv_table
-from .fixedpoint import multiplier_value
+from .fixedpoint import FLOAT32_EXACT, multiplier_value
 from .program import Add, Conv, Pool, Program, Rescale, SEMul, TensorSpec, check_program
 
 __all__ = ["OPSET", "compare_with_engine", "export_onnx", "onnx_session", "run_onnx"]
 
 OPSET = 17  # HardSwish needs opset 14; per-axis DequantizeLinear 13
-FLOAT32_EXACT = 2**24  # a float32 conv over integer codes is exact while every partial sum stays below this
 
 
 def _onnx():
@@ -345,7 +344,7 @@ def export_onnx(program: Program, path: str | os.PathLike | None = None, *, exac
     model = _Graph(program, exact).build()
     blob = model.SerializeToString()
     if path is not None:
-        Path(path).write_bytes(blob)
+        atomic_write_bytes(path, blob)
     return blob
 
 

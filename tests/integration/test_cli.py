@@ -249,10 +249,10 @@ def test_train_recipe_runs_and_resumes(capsys, tmp_path):
 
 @pytest.mark.parametrize("method", ["pact", "lsq"])
 def test_evaluate_rebuilds_the_quantizer_a_recipe_run_used(method):
-    from profit_edu.cli import build_model
+    from profit_edu.cli.common import model_from_args
     from profit_edu.quant import LSQQuantizer, PACTQuantizer
 
     args = {"model": "mobilenet_v2", "num_classes": 10, "width_mult": 0.25, "cifar_stem": True, "stem_stride": 2,
             "weight_bits": 4, "act_bits": 4, "method": method}
-    kinds = {type(m) for m in build_model(args).modules() if isinstance(m, (LSQQuantizer, PACTQuantizer))}
+    kinds = {type(m) for m in model_from_args(args).modules() if isinstance(m, (LSQQuantizer, PACTQuantizer))}
     assert kinds == {LSQQuantizer if method == "lsq" else PACTQuantizer}

@@ -1,4 +1,4 @@
-"""``profit-edu pack`` then ``profit-edu run-packed``, through argparse (profit_edu.packed.cli)."""
+"""``profit-edu pack`` then ``profit-edu run-packed``, through argparse (profit_edu.cli.packed)."""
 
 import argparse
 import json
@@ -10,12 +10,12 @@ from safetensors.torch import save_file
 
 import profit_edu as pe
 from profit_edu.checkpoint import save_checkpoint
-from profit_edu.packed import IntegerEngine, load_packed, quantize_image
-from profit_edu.packed.cli import add_pack_commands, load_image
+from profit_edu.cli.packed import add_pack_commands, load_image
+from profit_edu.data import CIFAR10_CLASSES
+from profit_edu.packed import IntegerEngine, export_onnx, load_packed, quantize_image
 
 MODEL_ARGS = {"model": "mobilenet_v2", "num_classes": 10, "width_mult": 0.25, "cifar_stem": True,
               "stem_stride": None, "negative_padding": False, "weight_bits": 4, "act_bits": 4}
-
 
 
 def parser() -> argparse.ArgumentParser:
@@ -80,18 +80,28 @@ def test_pack_then_run_packed(tmp_path, capsys):
 
 
 def test_pack_from_state_dict_with_config(tmp_path, capsys):
-    _, net = trained_run(tmp_path)
+    run_dir, net = trained_run(tmp_path)
+    from_run = tmp_path / "run.pqm"
+    assert run(["pack", str(run_dir), "-o", str(from_run)]) == 0
     weights, config = tmp_path / "w.safetensors", tmp_path / "model.json"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
-    config.write_text(json.dumps({"builder": "mobilenet_v2", "weight_bits": 4, "act_bits": 4,
-                                  "kwargs": {"num_classes": 10, "width_mult": 0.25, "cifar_stem": True}}))
+    kwargs = {k: MODEL_ARGS[k] for k in ("num_classes", "width_mult", "cifar_stem", "stem_stride")}
+    config.write_text(json.dumps({"builder": "mobilenet_v2", "weight_bits": 4, "act_bits": 4, "kwargs": kwargs,
+                                  "classes": list(CIFAR10_CLASSES)}))
     out, onnx_out = tmp_path / "m.pqm", tmp_path / "m.onnx"
     argv = ["pack", str(weights), "--config", str(config), "-o", str(out)]
     if _has_onnx():
         argv += ["--onnx", str(onnx_out)]
     assert run(argv) == 0
-    assert out.stat().st_size > 0 and (onnx_out.exists() or not _has_onnx())
     capsys.readouterr()
+    # the same weights and architecture give the same program as the run directory: equal files, equal logits
+    program, expected = load_packed(out), load_packed(from_run)
+    assert program.arch == expected.arch and program.classes == expected.classes
+    assert out.read_bytes() == from_run.read_bytes()
+    x = quantize_image(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), program)
+    assert torch.equal(IntegerEngine(program)(x), IntegerEngine(expected)(x))
+    if _has_onnx():
+        assert onnx_out.read_bytes() == export_onnx(expected)
 
 
 def _has_onnx() -> bool:

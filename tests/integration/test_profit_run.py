@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -31,10 +30,7 @@ def _state(result) -> dict[str, torch.Tensor]:
 def test_tiny_recipe_end_to_end_then_resume_inside_the_sampling_phase(tmp_path):
     recipe = load_recipe("tiny")
     seen: list[tuple[str, int]] = []
-    start = time.perf_counter()
     result = _run(recipe, tmp_path / "run", callback=lambda phase, epoch, record: seen.append((phase.name, epoch)))
-    elapsed = time.perf_counter() - start
-    assert elapsed < 60, f"the tiny recipe took {elapsed:.1f} s"
 
     phases = expand_phases(recipe)
     assert [p.phase.name for p in result.phases] == [p.name for p in phases]

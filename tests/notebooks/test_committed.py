@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import yaml
 
 import profit_edu as pe
-from profit_edu import checks
+from profit_edu.book import checks
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "book" / "_tools"))

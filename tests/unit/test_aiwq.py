@@ -448,30 +448,52 @@ def test_trackers_work_together_with_set_bits():
 
 
 # --------------------------------------------------------------------------------------------
-# Figures (profit_edu.aiwq_plots)
+# Figures (profit_edu.book.aiwq_plots)
 # --------------------------------------------------------------------------------------------
 def test_figures_draw_from_tracker_output():
+    """Each AIWQ figure draws the tracker's own numbers: the ranking's bars and cut-offs, medians, raw series, EMA."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from profit_edu.aiwq_plots import ema_with_skip, plot_aiwq_ranking, plot_aiwq_vs_bits, plot_raw_vs_ema
+    from profit_edu.book.aiwq_plots import (
+        KIND_COLORS,
+        ema_with_skip,
+        plot_aiwq_ranking,
+        plot_aiwq_vs_bits,
+        plot_raw_vs_ema,
+    )
 
     net = tiny_net()
     tracker = AIWQTracker(net, skip_above=math.inf)
     sgd_steps(net, batches(4))
-    kinds = layer_kinds(net)
-    fig = plot_aiwq_ranking(tracker.values(), kinds)
+    kinds, values = layer_kinds(net), tracker.values()
+    fig = plot_aiwq_ranking(values, kinds)
     ax = fig.axes[0]
-    assert len(ax.patches) == 3 and len(ax.lines) == 2  # 3 bars, cut-offs at floor(3/3) and floor(6/3)
-    heights = [p.get_height() for p in ax.patches]
-    assert heights == sorted(heights, reverse=True)
-    fig2 = plot_aiwq_vs_bits({4: tracker.values(), 8: {k: v / 10 for k, v in tracker.values().items()}}, kinds)
+    ranked = sorted(values, key=lambda n: -values[n])  # most unstable first, as PROFIT freezes
+    assert [p.get_height() for p in ax.patches] == pytest.approx([values[n] for n in ranked])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ranked
+    assert [matplotlib.colors.to_hex(p.get_facecolor()) for p in ax.patches] == [KIND_COLORS[kinds[n]] for n in ranked]
+    assert [line.get_xdata()[0] for line in ax.lines] == [0.5, 1.5]  # after floor(3/3) = 1 and floor(6/3) = 2 bars
+
+    eight = {k: v / 10 for k, v in values.items()}
+    fig2 = plot_aiwq_vs_bits({4: values, 8: eight}, kinds)
+    medians = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in fig2.axes[0].lines}
+    assert set(medians) == {f"{kind} (median)" for kind in kinds.values()}
+    for kind in set(kinds.values()):  # one median line per layer kind, through both bit widths
+        layers = [n for n in values if kinds[n] == kind]
+        xs, ys = medians[f"{kind} (median)"]
+        assert xs == [4, 8]
+        assert ys == pytest.approx([np.median([values[n] for n in layers]), np.median([eight[n] for n in layers])])
+
     steps, raw = tracker.raw("3")
-    assert ema_with_skip(raw, ema=tracker.ema, skip_above=math.inf)[-1] == pytest.approx(tracker.values()["3"])
+    assert ema_with_skip(raw, ema=tracker.ema, skip_above=math.inf)[-1] == pytest.approx(values["3"])
     fig3 = plot_raw_vs_ema([*steps, steps[-1] + 1], [*raw, 2.0], ema=0.5, title="3")
-    assert len(fig3.axes[0].collections) == 1  # the skipped outlier is marked
+    raw_line, ema_line = fig3.axes[0].lines
+    assert list(raw_line.get_ydata()) == [*raw, 2.0]
+    assert list(ema_line.get_ydata()) == pytest.approx(list(ema_with_skip([*raw, 2.0], ema=0.5)))
+    assert fig3.axes[0].collections[0].get_offsets().tolist() == [[steps[-1] + 1, 2.0]]  # the skipped outlier only
     for f in (fig, fig2, fig3):
         plt.close(f)
     with pytest.raises(ValueError, match="no kind"):

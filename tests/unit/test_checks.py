@@ -1,4 +1,4 @@
-"""profit_edu.checks: every check passes a right answer and fails wrong ones with a helpful message."""
+"""profit_edu.book.checks: every check passes a right answer and fails wrong ones with a helpful message."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from profit_edu import checks
+from profit_edu.book import checks
 from profit_edu.quant import HSWISH_OFFSET
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Tests for profit_edu.data: CIFAR-10 sources and cache, ImageNet folders, synthetic data, DeviceLoader.
 
-Every test builds its own tiny data sets in ``tmp_path`` and hides the machine's real data (environment variables
-and the default candidate folders are patched), so the suite passes on a fresh clone. Only
-``test_real_cifar10_test_split`` reads the offline copy in ``../shared/data``, and skips when it is absent.
+Every test builds its own tiny data sets in ``tmp_path`` and hides the machine's real data (the environment
+variables that choose the folders are set to empty places), so the suite passes on a fresh clone. Only
+``test_real_cifar10_test_split`` reads the offline copy (``../shared/data`` beside the checkout, or
+``$PROFIT_EDU_SHARED_DATA``), and skips when it is absent.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from PIL import Image
 from torch import nn
 from torchvision.datasets import CIFAR10
 
+from profit_edu import _paths
 from profit_edu import data as D
+from profit_edu.data import cifar as C  # the module, for patching its decoder
 
-SHARED_CIFAR10 = D._SHARED_CIFAR10  # the real offline copy, captured before any test patches it
+_SHARED = _paths.shared_data_dir()  # the real offline copy, found before any test patches the environment
+SHARED_CIFAR10 = _SHARED / "cifar10-jpeg" if _SHARED is not None else Path("no-shared-data")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -41,8 +45,14 @@ def isolated(tmp_path, monkeypatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.delenv(D.CIFAR10_ENV, raising=False)
     monkeypatch.setenv(D.CACHE_ENV, str(cache))
-    monkeypatch.setattr(D, "_SHARED_CIFAR10", tmp_path / "no-shared-copy")
+    monkeypatch.setenv(_paths.SHARED_DATA_ENV, str(tmp_path / "no-shared-data"))
     return cache
+
+
+def shared_copy(tmp_path, monkeypatch, name: str = "shared") -> Path:
+    """Point ``$PROFIT_EDU_SHARED_DATA`` at ``tmp_path/name``; return where its CIFAR-10 copy goes."""
+    monkeypatch.setenv(_paths.SHARED_DATA_ENV, str(tmp_path / name))
+    return tmp_path / name / "cifar10-jpeg"
 
 
 def _red(label: int) -> int:
@@ -116,9 +126,8 @@ def test_cifar10_train_split_and_env_root(isolated, tmp_path, monkeypatch):
 
 
 def test_cifar10_default_candidates(isolated, tmp_path, monkeypatch):
-    shared = make_jpeg_tree(tmp_path / "shared-copy", "test")
+    shared = make_jpeg_tree(shared_copy(tmp_path, monkeypatch), "test")
     make_tarball(shared, "test")
-    monkeypatch.setattr(D, "_SHARED_CIFAR10", shared)
     check_tiny(D.cifar10(train=False))
     make_jpeg_tree(isolated / "cifar10", "test", per_class=1)  # <cache>/cifar10 comes first
     check_tiny(D.cifar10(train=False), per_class=1)
@@ -131,7 +140,7 @@ def test_cifar10_second_load_reads_the_cache(isolated, tmp_path, monkeypatch):
     def no_decoding(blob, name):
         raise AssertionError(f"decoded {name} although the cache is fresh")
 
-    monkeypatch.setattr(D, "_decode_jpeg", no_decoding)
+    monkeypatch.setattr(C, "_decode_jpeg", no_decoding)
     second = D.cifar10(root, train=False)
     assert second.source.startswith("cache ") and str(root / "test") in second.source
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
@@ -144,8 +153,8 @@ def test_cifar10_changed_source_invalidates_the_cache(isolated, tmp_path, monkey
     changed = root / "test" / "cat" / "0001.jpg"
     Image.fromarray(np.full((32, 32, 3), 255, dtype=np.uint8)).save(changed, quality=95)
     calls = []
-    real_decode = D._decode_jpeg
-    monkeypatch.setattr(D, "_decode_jpeg", lambda blob, name: calls.append(name) or real_decode(blob, name))
+    real_decode = C._decode_jpeg
+    monkeypatch.setattr(C, "_decode_jpeg", lambda blob, name: calls.append(name) or real_decode(blob, name))
     after = D.cifar10(root, train=False)
     assert len(calls) == 20 and "cache" not in after.source
     index = 3 * 2 + 1  # cat is class 3, its second image
@@ -154,10 +163,9 @@ def test_cifar10_changed_source_invalidates_the_cache(isolated, tmp_path, monkey
 
 
 def test_cifar10_uses_a_leftover_cache_when_the_source_is_gone(isolated, tmp_path, monkeypatch):
-    shared = make_jpeg_tree(tmp_path / "shared-copy", "test")
-    monkeypatch.setattr(D, "_SHARED_CIFAR10", shared)
+    make_jpeg_tree(shared_copy(tmp_path, monkeypatch), "test")
     first = D.cifar10(train=False)
-    monkeypatch.setattr(D, "_SHARED_CIFAR10", tmp_path / "gone")
+    shared_copy(tmp_path, monkeypatch, "gone")
     again = D.cifar10(train=False)
     assert again.source.startswith("cache ") and torch.equal(first.images, again.images)
 
@@ -166,7 +174,8 @@ def test_cifar10_not_found_lists_every_place(isolated, tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         D.cifar10(train=False)
     message = str(info.value)
-    for place in (isolated / "cifar10", tmp_path / "no-shared-copy", isolated / "cifar10-test.safetensors"):
+    for place in (isolated / "cifar10", tmp_path / "no-shared-data" / "cifar10-jpeg",
+                  isolated / "cifar10-test.safetensors"):
         assert str(place) in message
     assert "download=True" in message and D.CIFAR10_ENV in message
     with pytest.raises(FileNotFoundError, match=r"nowhere.*the root argument"):
@@ -305,7 +314,7 @@ def test_synthetic_is_seeded_balanced_and_shaped():
 
 def test_synthetic_is_learnable_by_a_tiny_cnn():
     data = D.synthetic(512, seed=0)
-    mean, std = D.channel_stats(data)
+    mean, std = D.pixel_stats(data)
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(3, 16, 5, stride=2, padding=2), nn.BatchNorm2d(16), nn.ReLU(),
@@ -364,10 +373,10 @@ def test_image_arrays_validates():
         D.ImageArrays(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 0]), ("a",), "x")
 
 
-def test_channel_stats_match_numpy():
+def test_pixel_stats_match_numpy():
     data = D.synthetic(50, seed=0)
     pixels = data.images.numpy().astype(np.float64) / 255
-    mean, std = D.channel_stats(data)
+    mean, std = D.pixel_stats(data)
     np.testing.assert_allclose(mean, pixels.mean(axis=(0, 2, 3)), rtol=1e-9)
     np.testing.assert_allclose(std, pixels.std(axis=(0, 2, 3)), rtol=1e-9)
 
@@ -377,8 +386,7 @@ def test_cifar10_or_synthetic_falls_back_only_when_nothing_is_found(isolated, tm
     test, _ = D.cifar10_or_synthetic(False, n=40, seed=0)
     assert fell_back and len(train) == 40 and train.source.startswith("synthetic(")
     assert not torch.equal(train.images, test.images)  # independent draws for the two splits
-    shared = make_jpeg_tree(tmp_path / "shared-copy", "test", per_class=3)
-    monkeypatch.setattr(D, "_SHARED_CIFAR10", shared)
+    make_jpeg_tree(shared_copy(tmp_path, monkeypatch), "test", per_class=3)
     real, fell_back = D.cifar10_or_synthetic(False, n=20, seed=0)
     assert not fell_back and real.class_counts() == [2] * 10 and real.classes == D.CIFAR10_CLASSES
 
@@ -512,6 +520,6 @@ def test_real_cifar10_test_split(tmp_path, record_property):
     assert len(decoded) == 10_000 and decoded.class_counts() == [1000] * 10
     assert decoded.images.shape == (10_000, 3, 32, 32) and cached.source.startswith("cache ")
     assert torch.equal(decoded.images, cached.images) and torch.equal(decoded.labels, cached.labels)
-    mean, std = D.channel_stats(decoded)  # the test split's statistics are close to the train split's
+    mean, std = D.pixel_stats(decoded)  # the test split's statistics are close to the train split's
     np.testing.assert_allclose(mean, D.CIFAR10_MEAN, atol=0.01)
     np.testing.assert_allclose(std, D.CIFAR10_STD, atol=0.01)

@@ -9,7 +9,16 @@ import torchvision
 from torch import nn
 
 import profit_edu.models as pm
-from profit_edu.layers import Conv2dPad, QAct, QConv2d, QLinear, _PointTracer, quantize_model, set_bits
+from profit_edu.layers import (
+    Conv2dPad,
+    QAct,
+    QConv2d,
+    QLinear,
+    QuantPoint,
+    _PointTracer,
+    quantize_model,
+    set_bits,
+)
 from profit_edu.models import (
     count_macs,
     count_params,
@@ -301,8 +310,18 @@ def test_quantized_forward_runs_and_changes_the_output():
 
 @pytest.mark.parametrize("builder", BUILDERS)
 def test_models_trace_with_torch_fx(builder):
-    graph = _PointTracer().trace(_small(builder))
-    assert any(node.op == "call_module" for node in graph.nodes)
+    """quantize_model traces each model with torch.fx to find which convs read h-swish outputs: the trace must be
+    the whole network (every conv and quantization point called, the same outputs), not a partial graph."""
+    net = _perturb_bn(_small(builder)).eval()
+    graph = _PointTracer().trace(net)
+    called = {node.target for node in graph.nodes if node.op == "call_module"}
+    convs = {name for name, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    points = {name for name, m in net.named_modules() if isinstance(m, QuantPoint)}
+    assert convs <= called and points <= called
+    traced = torch.fx.GraphModule(net, graph)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), net(x), rtol=0, atol=0)
 
 
 def test_float_negative_padding_changes_only_border_pixels():

@@ -61,9 +61,15 @@ def test_every_constrained_requirement_is_pinned():
         assert name in pins, f"{name} is a dependency but has no exact pin in requirements/constraints.txt"
 
 
-@pytest.mark.parametrize("module", ["profit_edu", *[f"profit_edu.{m}" for m in profit_edu.__all__
-                                                    if not m.startswith("_") and m[0].islower()
-                                                    and isinstance(getattr(profit_edu, m), type(profit_edu))]])
+# the package, its modules, and the two subpackages it does not import (the command line and the chapter support)
+PUBLIC_MODULES = ["profit_edu", *[f"profit_edu.{m}" for m in profit_edu.__all__
+                                  if not m.startswith("_") and m[0].islower()
+                                  and isinstance(getattr(profit_edu, m), type(profit_edu))],
+                  "profit_edu.cli", "profit_edu.book", *[f"profit_edu.book.{m}" for m in
+                                                          ("aiwq_plots", "checks", "plots", "runtime", "widgets")]]
+
+
+@pytest.mark.parametrize("module", PUBLIC_MODULES)
 def test_public_names_import_and_are_public(module):
     mod = importlib.import_module(module)
     names = getattr(mod, "__all__", None)

@@ -18,6 +18,7 @@ from profit_edu.packed import (
     AccumulatorOverflowError,
     DeployableModel,
     IntegerEngine,
+    Program,
     UnsupportedBitsError,
     UnsupportedModelError,
     check_program,
@@ -26,9 +27,6 @@ from profit_edu.packed import (
     top1_agreement,
 )
 from profit_edu.packed.program import Conv
-
-BUILDERS = {"mobilenet_v2": pe.models.mobilenet_v2, "mobilenet_v3_small": pe.models.mobilenet_v3_small,
-            "mobilenet_v1": pe.models.mobilenet_v1}
 
 
 def normalised(images: torch.Tensor) -> torch.Tensor:
@@ -47,7 +45,7 @@ def _qat_model(builder: str, bits: int, width: float, steps: int, seed: int):
     gen_state = torch.get_rng_state()
     torch.manual_seed(seed)
     try:
-        net = BUILDERS[builder](num_classes=10, width_mult=width, cifar_stem=True)
+        net = pe.models.get_model(builder, num_classes=10, width_mult=width, cifar_stem=True)
         pe.quantize_model(net, weight_bits=bits, act_bits=bits)
         data = synthetic(32 * (steps + 1), seed=seed)
         x, y = normalised(data.images), data.labels
@@ -149,15 +147,28 @@ def test_engine_output_is_deterministic_and_batch_independent():
     assert torch.equal(together, alone)
 
 
+def _logit_error(net, program: Program, x: torch.Tensor) -> float:
+    """The largest |QAT logit - deployable logit|, in units of the QAT logits' mean spread (max - min per image)."""
+    with torch.no_grad():
+        ref, got = net(x).double(), DeployableModel(program)(x)
+    spread = float((ref.max(1).values - ref.min(1).values).mean())
+    return float((ref - got).abs().max()) / spread
+
+
 def test_deployable_model_agrees_with_the_qat_model():
-    net = qat_model("mobilenet_v2")
-    deployable = DeployableModel(program_of("mobilenet_v2"))
-    x = normalised(synthetic(16, seed=5).images)
-    result = top1_agreement(net, deployable, x)
-    assert result["agreement"] >= 75.0
-    with torch.no_grad():  # and the logits are close in value, not only in arg-max
-        ref, got = net(x).double(), deployable(x)
-    assert float((ref - got).abs().max()) <= 0.5 * float(ref.abs().max()) + 1e-6
+    """Deployment (BatchNorm folded, streams and the image rounded) moves the logits by under 15% of their spread.
+
+    Measured: 8-9% of the spread (max - min per image) over these 32 images. The tolerance is tight enough that a
+    wrong conversion misses it: the same program with every conv's bias doubled is 38-50% off. (The v3-small QAT
+    model of these tests is too briefly trained for a logit comparison: its logits spread over less than 0.01.)
+    """
+    net, program = qat_model("mobilenet_v2"), program_of("mobilenet_v2")
+    x = normalised(synthetic(32, seed=5).images)
+    assert top1_agreement(net, DeployableModel(program), x)["agreement"] >= 90.0
+    assert _logit_error(net, program, x) <= 0.15
+    wrong = dataclasses.replace(program, ops=[dataclasses.replace(op, bias=2 * op.bias) if isinstance(op, Conv)
+                                              else op for op in program.ops])
+    assert _logit_error(net, wrong, x) > 0.15
 
 
 def test_program_records_arch_and_input():

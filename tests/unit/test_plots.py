@@ -1,4 +1,4 @@
-"""profit_edu.plots: each figure function draws what it is given and returns the Figure or Axes."""
+"""profit_edu.book.plots: each figure function draws what it is given and returns the Figure or Axes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from profit_edu import plots, quant
+from profit_edu import quant
+from profit_edu.book import plots
 
 
 @pytest.fixture(autouse=True)
@@ -103,6 +104,9 @@ def test_figure_png_and_stats() -> None:
 
 
 def test_use_book_style_is_idempotent() -> None:
-    plots.use_book_style()
-    plots.use_book_style()
-    assert plt.rcParams["figure.dpi"] == 90
+    with plt.rc_context():  # the style is global: restore the test session's afterwards
+        plots.use_book_style()
+        once = plt.rcParams.copy()
+        plots.use_book_style()
+        assert plt.rcParams.copy() == once  # a second call (a chapter run twice) changes nothing
+        assert plt.rcParams["figure.dpi"] == 90 and plt.rcParams["axes.grid"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from profit_edu import models, pretrained
+from profit_edu import _paths, models, pretrained
 from profit_edu.checkpoint import CheckpointError, load_checkpoint, release_checkpoint, save_checkpoint
 from profit_edu.cli import main
 from profit_edu.train import ModelEMA
@@ -73,7 +73,7 @@ def registry(tmp_path, monkeypatch):
     sha = json.loads((served / "tiny" / "checkpoint.json").read_text())["tensors"]["sha256"]
     entry = pretrained.Pretrained("tiny", ARGS, sha, "pretrained/tiny/top1")
     monkeypatch.setattr(pretrained, "PRETRAINED", {"tiny": entry})
-    monkeypatch.setattr(pretrained, "_REPO_ROOT", tmp_path / "nowhere")
+    monkeypatch.setattr(_paths, "source_checkout", lambda: None)  # as an installed package: no data/pretrained
     return served
 
 

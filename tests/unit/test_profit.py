@@ -433,7 +433,22 @@ def test_reference_recipe_file_lists_every_quirk():
 
 
 def test_recipes_directory_is_package_data():
-    assert (Path(RECIPE_DIR) / "tiny.yaml").is_file()
+    """Every shipped recipe lies inside the package and matches pyproject's package-data, so a wheel ships it."""
+    import fnmatch
+    import importlib.resources
+
+    import tomllib
+
+    import profit_edu
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["profit_edu"]
+    assert Path(RECIPE_DIR).resolve().parent == Path(profit_edu.__file__).resolve().parent
+    assert {"tiny", "quick", "mobilenet_v2_w4a4_imagenet"} <= set(list_recipes())
+    for name in list_recipes():
+        assert any(fnmatch.fnmatch(f"recipes/{name}.yaml", p) for p in patterns), f"{name}.yaml is not package data"
+        text = importlib.resources.files("profit_edu").joinpath("recipes", f"{name}.yaml").read_text()
+        assert parse_recipe(text).to_dict() == load_recipe(name).to_dict()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""profit_edu.runtime: quick mode, scale, Colab detection, device choice, the synthetic-data banner."""
+"""profit_edu.book.runtime: quick mode, scale, Colab detection, device choice, the synthetic-data banner."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from profit_edu import runtime
+from profit_edu.book import runtime
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""profit_edu.widgets: the explorer's numbers, its slider wiring, and the kernel-free image stepper."""
+"""profit_edu.book.widgets: the explorer's numbers, its slider wiring, and the kernel-free image stepper."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import ipywidgets
 import pytest
 import torch
 
-from profit_edu import plots, quant, widgets
+from profit_edu import quant
+from profit_edu.book import plots, widgets
 
 
 def test_explorer_state_numbers() -> None:

@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from . import plots, quant
+from .. import quant
+from . import plots
 
 __all__ = ["ExplorerState", "QuantizerExplorer", "default_sample", "describe_state", "explorer_state", "image_stepper"]
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import quant
+from .. import quant
 
 __all__ = [
     "check_border_fraction",
@@ -269,7 +269,7 @@ def check_round_ste(fn: Callable[[Tensor], Tensor]) -> bool:
 
 def check_signed_levels(fn: Callable[[int], int]) -> bool:
     """Check ``fn(bits) -> int``: how many levels DuQ's symmetric signed grid has (codes -m..m, m = 2**(b-1)-1)."""
-    for bits in range(2, 9):
+    for bits in range(quant.MIN_BITS, quant.MAX_BITS + 1):
         got = _number(_call(fn, bits, what=f"fn({bits})"), f"fn({bits})")
         lo, hi = quant.code_range(bits, "signed")
         want = hi - lo + 1

@@ -7,8 +7,8 @@ Every chapter of the book starts by asking this module three questions:
   unless a CUDA GPU is present", so Colab with a GPU runs the real-size experiments and a laptop stays fast.
 * :func:`choose_device` - where tensors go (CUDA when present, else the CPU).
 * :func:`data_banner` - what to tell the reader when a chapter trains on synthetic data because neither
-  the offline CIFAR-10 copy nor a downloaded one was found. Chapters show it with :func:`show_data_banner`;
-  it is never silent.
+  the offline CIFAR-10 copy nor a downloaded one was found (defined in :mod:`profit_edu.data`, which
+  ``profit-edu train`` prints it from). Chapters show it with :func:`show_data_banner`; it is never silent.
 
 The module has no state: every answer is computed from the environment when asked.
 """
@@ -19,12 +19,15 @@ import html
 import importlib.util
 import os
 import sys
+from typing import Literal
 
 import torch
 
+from ..data import data_banner
+
 __all__ = [
     "QUICK_ENV",
-    "Scale",
+    "BookScale",
     "choose_device",
     "data_banner",
     "describe",
@@ -37,7 +40,9 @@ __all__ = [
 #: The environment variable that switches quick mode on ("1") or off ("0").
 QUICK_ENV = "PROFIT_EDU_QUICK"
 
-Scale = str  # "quick" | "cifar" (the book's two scales; "tiny" and "imagenet" live in tests and scripts)
+#: The book's two experiment scales ("tiny" and "imagenet" live in tests and scripts; ``profit-edu train --scale``
+#: has its own :data:`profit_edu.cli.SCALES`).
+BookScale = Literal["quick", "cifar"]
 
 
 def quick_mode(environ: dict[str, str] | None = None, *, cuda_available: bool | None = None) -> bool:
@@ -70,7 +75,7 @@ def quick_mode(environ: dict[str, str] | None = None, *, cuda_available: bool | 
     return not has_gpu
 
 
-def scale(environ: dict[str, str] | None = None, *, cuda_available: bool | None = None) -> Scale:
+def scale(environ: dict[str, str] | None = None, *, cuda_available: bool | None = None) -> BookScale:
     """The experiment scale a chapter runs at: ``"quick"`` or ``"cifar"`` (see the design's scale table).
 
     >>> scale({"PROFIT_EDU_QUICK": "1"})
@@ -121,24 +126,6 @@ def describe(environ: dict[str, str] | None = None) -> str:
     where = "Colab" if in_colab() else "local"
     threads = torch.get_num_threads()
     return f"scale: {scale(environ)} | device: {dev.type} | {where} | torch {torch.__version__}, {threads} CPU threads"
-
-
-def data_banner(fell_back: bool, *, dataset: str = "CIFAR-10") -> str | None:
-    """The warning a chapter shows when it uses synthetic data instead of ``dataset``; None when it does not.
-
-    >>> data_banner(False) is None
-    True
-    >>> "synthetic" in data_banner(True)
-    True
-    """
-    if not fell_back:
-        return None
-    return (
-        f"No {dataset} copy was found (neither the offline copy nor a download), so this chapter uses "
-        "synthetic data: random images whose labels follow a simple hidden rule. The code paths and "
-        "the shapes of the curves are real; the accuracies are not comparable to real "
-        f"{dataset} numbers."
-    )
 
 
 def show_data_banner(fell_back: bool, *, dataset: str = "CIFAR-10") -> str | None:

@@ -1,4 +1,6 @@
-"""The ``pack`` and ``run-packed`` subcommands of ``profit-edu`` (wired into :mod:`profit_edu.cli`).
+"""``profit-edu pack`` and ``profit-edu run-packed``: a trained run -> a packed integer model file -> predictions.
+
+The library behind them is :mod:`profit_edu.packed`.
 
 ``profit-edu pack CHECKPOINT -o model.pqm``
     rebuild the quantized model a ``profit-edu train`` run saved (its ``checkpoint.json`` records the builder, its
@@ -20,23 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["add_pack_commands", "build_quantized_model", "load_image", "pack_main", "run_packed_main"]
+from ..data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from .common import Ranged, builder_kwargs
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-def _builders() -> dict[str, Callable[..., nn.Module]]:
-    from .. import models
-
-    return {"mobilenet_v1": models.mobilenet_v1, "mobilenet_v2": models.mobilenet_v2,
-            "mobilenet_v3_large": models.mobilenet_v3_large, "mobilenet_v3_small": models.mobilenet_v3_small}
+__all__ = ["add_pack_commands", "build_quantized_model", "load_image", "model_from_run", "pack_main",
+           "run_packed_main"]
 
 
 def add_pack_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +49,7 @@ def add_pack_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None, metavar="JSON",
                    help="for a .safetensors state dict: builder, kwargs, weight_bits, act_bits")
     p.add_argument("--ema", action="store_true", help="pack the checkpoint's EMA weights instead of the live ones")
-    p.add_argument("--input-size", type=int, default=None, metavar="S",
+    p.add_argument("--input-size", type=Ranged(int, low=1), default=None, metavar="S",
                    help="compile for SxS images (default: 32 for CIFAR stems, else 224)")
     p.add_argument("--onnx", type=Path, default=None, metavar="FILE", help="also export the ONNX (QDQ) model")
     p.set_defaults(handler=pack_main)
@@ -64,7 +60,8 @@ def add_pack_commands(subparsers: argparse._SubParsersAction) -> None:
                     "image and print the top classes.")
     r.add_argument("model", type=Path, metavar="MODEL", help="a .pqm file written by 'profit-edu pack'")
     r.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
-    r.add_argument("--top", type=int, default=5, metavar="K", help="how many classes to print (default: 5)")
+    r.add_argument("--top", type=Ranged(int, low=1), default=5, metavar="K",
+                   help="how many classes to print (default: 5)")
     r.add_argument("--json", action="store_true", help="print one JSON object per image")
     r.set_defaults(handler=run_packed_main)
 
@@ -73,24 +70,30 @@ def add_pack_commands(subparsers: argparse._SubParsersAction) -> None:
 # pack
 # --------------------------------------------------------------------------------------------
 def build_quantized_model(builder: str, kwargs: dict[str, Any], weight_bits: int, act_bits: int) -> nn.Module:
-    """Build ``builder(**kwargs)`` and quantize it with DuQ at the given bits (weights not loaded yet).
+    """Build ``get_model(builder, **kwargs)`` and quantize it with DuQ at the given bits (weights not loaded yet).
 
     Raises:
         ValueError: unknown builder, or bits that are None (a packed model is fully quantized).
     """
     from ..layers import quantize_model
+    from ..models import get_model
 
-    builders = _builders()
-    if builder not in builders:
-        raise ValueError(f"unknown model builder {builder!r}; one of {sorted(builders)}")
     if weight_bits is None or act_bits is None:
         raise ValueError("only fully quantized models can be packed: weight_bits and act_bits must both be set "
                          f"(got {weight_bits}, {act_bits})")
-    model = builders[builder](**kwargs)
+    model = get_model(builder, **kwargs)
     return quantize_model(model, weight_bits=weight_bits, act_bits=act_bits).eval()
 
 
-def _from_checkpoint(path: Path, use_ema: bool) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+def model_from_run(path: Path, use_ema: bool) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """The quantized model of a ``profit-edu train`` run with its weights (``use_ema``: the EMA weights), in eval
+    mode, plus what :func:`~profit_edu.packed.to_program` needs: ``arch`` and the extra keywords (normalisation
+    and class names of the data it was trained on).
+
+    Raises:
+        ValueError: the checkpoint records no model arguments, or has no EMA weights for ``use_ema``.
+        CheckpointError: a missing or damaged checkpoint (a ``ValueError`` too).
+    """
     from ..checkpoint import check_bits_match, load_checkpoint, load_state_strict
 
     state = load_checkpoint(path)
@@ -98,10 +101,7 @@ def _from_checkpoint(path: Path, use_ema: bool) -> tuple[nn.Module, dict[str, An
     if not isinstance(args, dict):
         raise ValueError(f"{path}: the checkpoint records no model arguments (meta['model_args']); was it written by "
                          "'profit-edu train'? Otherwise pass a .safetensors state dict with --config")
-    kwargs = {"num_classes": args["num_classes"], "width_mult": args["width_mult"], "cifar_stem": args["cifar_stem"],
-              "stem_stride": args["stem_stride"]}
-    if args.get("negative_padding"):
-        kwargs["negative_padding"] = True
+    kwargs = builder_kwargs(args)
     model = build_quantized_model(args["model"], kwargs, args["weight_bits"], args["act_bits"])
     check_bits_match(model, state.bits, source=str(path))
     if use_ema:
@@ -113,8 +113,6 @@ def _from_checkpoint(path: Path, use_ema: bool) -> tuple[nn.Module, dict[str, An
     dataset = state.meta.get("data", {}).get("dataset")
     extra: dict[str, Any] = {}
     if dataset in ("cifar10", "synthetic"):  # the CLI trains with CIFAR-10's normalisation
-        from .convert import CIFAR10_MEAN, CIFAR10_STD
-
         extra = {"mean": CIFAR10_MEAN, "std": CIFAR10_STD}
         if dataset == "cifar10":
             extra["classes"] = list(CIFAR10_CLASSES)
@@ -151,21 +149,20 @@ def _from_state_dict(path: Path, config_path: Path | None) -> tuple[nn.Module, d
 
 def pack_main(args: argparse.Namespace) -> int:
     """Run ``profit-edu pack`` (see the module docstring); returns the exit status."""
-    from .convert import to_program
-    from .fileformat import save_packed
+    from ..packed import save_packed, to_program
 
     try:
         src: Path = args.checkpoint
         if src.suffix == ".safetensors":
             model, arch, extra = _from_state_dict(src, args.config)
         else:
-            model, arch, extra = _from_checkpoint(src, args.ema)
+            model, arch, extra = model_from_run(src, args.ema)
         if args.input_size is not None:
             extra["input_size"] = args.input_size
         program = to_program(model, arch=arch, **extra)
         size = save_packed(program, args.output)
         if args.onnx is not None:
-            from .onnx_export import export_onnx
+            from ..packed import export_onnx
 
             export_onnx(program, args.onnx)
     except (ValueError, OSError) as err:
@@ -204,12 +201,9 @@ def load_image(path: Path, size: tuple[int, int], mean: tuple[float, ...], std: 
 
 def run_packed_main(args: argparse.Namespace) -> int:
     """Run ``profit-edu run-packed`` (see the module docstring); returns the exit status."""
-    from .engine import IntegerEngine, quantize_image
-    from .fileformat import load_packed
+    from ..packed import IntegerEngine, load_packed, quantize_image
 
     try:
-        if args.top < 1:
-            raise ValueError(f"--top must be >= 1, got {args.top}")
         program = load_packed(args.model)
         engine = IntegerEngine(program)
         x = torch.stack([load_image(p, program.input_size, program.mean, program.std) for p in args.images])

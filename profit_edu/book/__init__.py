@@ -1,0 +1,22 @@
+"""What the book's chapters and assignments need beside the library: figures, widgets, exercise checks, runtime.
+
+This subpackage sits on top of the core (:mod:`profit_edu.quant` ... :mod:`profit_edu.packed`): it imports the
+core, and nothing in the core imports it (a test checks). Modules:
+
+* :mod:`.runtime` - quick or full mode, Colab or not, the device, the synthetic-data banner;
+* :mod:`.plots` - seaborn figures of quantizers, grids, errors and border effects;
+* :mod:`.aiwq_plots` - the AIWQ chapter's figures (the ranking PROFIT freezes by, AIWQ against bits, raw vs EMA);
+* :mod:`.widgets` - ipywidgets explorers (live sliders with a kernel, pre-drawn steppers without);
+* :mod:`.checks` - automatic checks of the exercises (:func:`~.checks.report` in a notebook).
+
+The repository's top-level ``book/`` folder holds the chapters themselves (notebooks); it is not a Python package,
+so ``profit_edu.book`` and ``book/`` do not clash.
+
+>>> from profit_edu.book import runtime
+>>> runtime.scale({"PROFIT_EDU_QUICK": "1"})
+'quick'
+"""
+
+from . import aiwq_plots, checks, plots, runtime, widgets
+
+__all__ = ["aiwq_plots", "checks", "plots", "runtime", "widgets"]
