@@ -98,6 +98,7 @@ __all__ = [
     "freeze_count",
     "frozen_for_phase",
     "list_recipes",
+    "load_init",
     "load_recipe",
     "make_tracker",
     "parse_recipe",
@@ -402,6 +403,7 @@ class Recipe:
     teacher: str = "none"
     seed: int = 0
     method: str = "duq"
+    init: str | None = None
     source: RecipeSource | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -422,6 +424,8 @@ class Recipe:
               "'none', 'self', or a torchvision classifier name such as 'resnet101'", self.teacher)
         _need(_is_int(self.seed) and self.seed >= 0, "seed", "an int >= 0", self.seed)
         _need(self.method in METHODS, "method", f"one of {METHODS}", self.method)
+        _need(self.init is None or (isinstance(self.init, str) and self.init != ""), "init",
+              "null, a shipped pretrained name (profit_edu.pretrained.PRETRAINED) or a run directory", self.init)
         if self.mode == "reference" and self.method != "duq":
             raise _FieldError("method", f"mode: reference replays the official DuQ code; method {self.method!r} "
                                         "needs mode: fixed")
@@ -749,6 +753,46 @@ def build_model(recipe: Recipe, *, pretrained: bool = True) -> nn.Module:
             raise RecipeError(f"{recipe.where('model', 'pretrained')}: torchvision's {m.arch} weights have "
                               f"{len(weights.meta['categories'])} classes and width 1.0")
         models.load_torchvision_weights(model, weights.get_state_dict(progress=False))
+    return model
+
+
+def load_init(recipe: Recipe, source: str | os.PathLike | None = None) -> nn.Module:
+    """The recipe's float model with the weights of a trained float run: where quantization starts.
+
+    ``source`` (default: the recipe's ``init``) is the name of a shipped pretrained checkpoint (see
+    :data:`profit_edu.pretrained.PRETRAINED`; sha256-checked) or a ``profit-edu train`` run directory.
+
+    Raises:
+        RecipeError: no source, a source that is not a float run of the recipe's model (every differing field is
+            named), or a checkpoint that does not load.
+    """
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .models._common import stem_stride_for
+    from .pretrained import PRETRAINED, pretrained_dir
+
+    source = recipe.init if source is None else source
+    if source is None:
+        raise RecipeError(f"recipe {recipe.name!r} has no init: pass a run directory or one of {sorted(PRETRAINED)}")
+    path = pretrained_dir(str(source)) if str(source) in PRETRAINED else Path(source)
+    try:
+        state = load_checkpoint(path)
+    except (CheckpointError, FileNotFoundError) as err:
+        raise RecipeError(f"init {source}: {err}") from err
+    saved = state.meta.get("model_args") or {}
+    m = recipe.model
+    want = {"model": m.arch, "num_classes": m.num_classes, "width_mult": m.width_mult, "cifar_stem": m.cifar_stem,
+            "stem_stride": stem_stride_for(m.cifar_stem, m.stem_stride), "weight_bits": None, "act_bits": None}
+    have = {k: saved.get(k) for k in want}
+    if isinstance(have["cifar_stem"], bool) and have["stem_stride"] in (None, 1, 2):
+        have["stem_stride"] = stem_stride_for(have["cifar_stem"], have["stem_stride"])
+    differ = [f"{k}: {have[k]!r} there, {want[k]!r} in the recipe" for k in want if have[k] != want[k]]
+    if differ:
+        raise RecipeError(f"init {source} is not a float run of the recipe's model ({'; '.join(differ)})")
+    model = build_model(recipe, pretrained=False)
+    try:
+        state.restore(model)
+    except CheckpointError as err:
+        raise RecipeError(f"init {source} does not load into the recipe's model: {err}") from err
     return model
 
 

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("profit_edu.data").setLevel(logging.INFO)  # say where decoded data sets are cached
     from ..checkpoint import CheckpointError
     from ..train import DivergenceError, ResumeError
 

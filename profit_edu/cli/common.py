@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +29,8 @@ __all__ = [
     "SYNTHETIC_FULL",
     "CLIError",
     "Ranged",
+    "add_cifar_root",
+    "apply_cifar_root",
     "bit_width",
     "bits_label",
     "builder_kwargs",
@@ -34,7 +39,9 @@ __all__ = [
     "ema_part",
     "load_split",
     "model_from_args",
+    "resolve_init",
     "say",
+    "show_progress",
 ]
 
 
@@ -212,3 +219,37 @@ def load_split(dataset: str, train: bool, n: int | None, seed: int, *, download:
         return data.synthetic(size, seed=2 * seed + (0 if train else 1)), "synthetic"
     return (data.subset(full, n, seed=seed) if n is not None else full), "cifar10"
 
+
+
+def add_cifar_root(p: argparse.ArgumentParser) -> None:
+    """The ``--cifar-root`` flag (sets ``$PROFIT_EDU_CIFAR10`` for this command)."""
+    from ..data import CIFAR10_ENV
+
+    p.add_argument("--cifar-root", type=Path, default=None, metavar="DIR",
+                   help=f"a folder holding CIFAR-10: train/ and test/ class folders of images, train.tar.gz and "
+                        f"test.tar.gz, or cifar-10-batches-py/ (default: ${CIFAR10_ENV}, else the decode cache and "
+                        "the offline copy)")
+
+
+def apply_cifar_root(args: argparse.Namespace) -> None:
+    """Point the data loaders at ``--cifar-root`` when given (a missing folder is an error now, not later)."""
+    from ..data import CIFAR10_ENV
+
+    root = getattr(args, "cifar_root", None)
+    if root is None:
+        return
+    if not root.is_dir():
+        raise CLIError(f"--cifar-root {root}: no such folder")
+    os.environ[CIFAR10_ENV] = str(root)
+
+
+def show_progress(flag: bool | None) -> bool:
+    """``--progress`` / ``--no-progress``, else on when stderr is a terminal."""
+    return sys.stderr.isatty() if flag is None else flag
+
+
+def resolve_init(init: str | os.PathLike) -> Path:
+    """``--init``: a shipped pretrained name (its verified directory) or a run directory."""
+    from ..pretrained import PRETRAINED, pretrained_dir
+
+    return pretrained_dir(str(init)) if str(init) in PRETRAINED else Path(init)
