@@ -1111,10 +1111,11 @@ def run_recipe(
 ) -> RecipeResult:
     """Train a float model through every phase of a PROFIT recipe, resumably.
 
-    Layout of ``out_dir``: ``recipe.json`` and ``plan.txt``; one subdirectory per phase (``00_fp/``,
-    ``01_a8_bn/``, ...) holding :func:`~profit_edu.train.fit`'s checkpoints and, once finished, ``done.json``
-    (history and frozen layers); the sampling phase holds one subdirectory per epoch, each with the tracker's
-    state after it (``aiwq_state.json``);
+    Layout of ``out_dir``: ``recipe.json`` and ``plan.txt``; the final model's checkpoint (a copy of the last
+    phase's, so the run directory is what ``profit-edu evaluate`` and ``pack`` take); one subdirectory per phase
+    (``00_fp/``, ``01_a8_bn/``, ...) holding :func:`~profit_edu.train.fit`'s checkpoints and, once finished,
+    ``done.json`` (history and frozen layers); the sampling phase holds one subdirectory per epoch, each with the
+    tracker's state after it (``aiwq_state.json``);
     ``aiwq_ranking.json`` holds the ranking (layer, M, kind), most unstable first. With ``freeze: random``
     ``random_order.json`` holds the drawn order instead; with ``random`` and ``none`` nothing measures AIWQ.
 
@@ -1269,4 +1270,19 @@ def run_recipe(
     if (ranking is None and ranking_file.is_file() and recipe.schedule.profit_bits
             and recipe.schedule.freeze == "aiwq"):
         ranking = _read_ranking(ranking_file)
+    _publish_result(units[-1].directory, out)
     return RecipeResult([results[i] for i in sorted(results)], ranking, model, ema)
+
+
+def _publish_result(last: Path, out: Path) -> None:
+    """Copy the last phase's checkpoint to ``out`` itself, so ``evaluate``, ``pack`` and ``release`` take the run
+    directory as it is (tensor file first, then the JSON that names it: the commit point)."""
+    from .checkpoint import JSON_NAME, atomic_write_bytes
+
+    doc = (last / JSON_NAME).read_bytes()
+    tensor_file = json.loads(doc)["tensors"]["file"]
+    atomic_write_bytes(out / tensor_file, (last / tensor_file).read_bytes())
+    atomic_write_bytes(out / JSON_NAME, doc)
+    for stale in out.glob("epoch-*.safetensors"):
+        if stale.name != tensor_file:
+            stale.unlink(missing_ok=True)
