@@ -2,7 +2,7 @@
 
 Python's ``bool`` is a subclass of ``int`` (``True == 1``), so ``isinstance(True, int)`` holds; every check here
 refuses bools, so that ``epochs=True`` is an error rather than one epoch. Bit widths have their own check,
-:func:`profit_edu.quant.check_bits` (an int in 2..8, or None for "not quantized").
+:func:`profit_edu.grid.check_bits` (an int in 2..8, or None for "not quantized").
 
 >>> is_int(3), is_int(True), is_int(3.0)
 (True, False, False)
@@ -13,6 +13,8 @@ refuses bools, so that ``epochs=True`` is an error rather than one epoch. Bit wi
 from __future__ import annotations
 
 import math
+
+from .grid import check_bits
 
 __all__ = ["check_int", "is_bits", "is_int", "is_real"]
 
@@ -45,13 +47,11 @@ def check_int(name: str, value: object, low: int) -> int:
 
 
 def is_bits(value: object) -> bool:
-    """True for a bit width :func:`profit_edu.quant.check_bits` accepts, None excluded (an int in 2..8).
+    """True for a bit width :func:`profit_edu.grid.check_bits` accepts, None excluded (an int in 2..8).
 
     >>> is_bits(4), is_bits(9), is_bits(None), is_bits(4.0)
     (True, False, False, False)
     """
-    from .quant import check_bits  # imported here: quant sits above this module in the import order
-
     try:
         return value is not None and check_bits(value) is not None
     except (TypeError, ValueError):

@@ -30,7 +30,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .quant import MSE_MAX_SAMPLES, Quantizer, _check_mode, check_bits, clip_range, make_quantizer
+from .clip_init import MSE_MAX_SAMPLES, clip_range
+from .grid import _check_mode, check_bits
+from .quant import Quantizer, make_quantizer
 
 __all__ = [
     "KEEP",
@@ -198,7 +200,7 @@ class QAct(nn.Module):
         if q.bits is None:
             return x if self.act is None else self.act(x)
         y = x if (self.act is None or self._subsumed) else self.act(x)
-        if not q._ready:  # first quantized batch: initialise a, c from it (see quant.act_init_value)
+        if not q._ready:  # first quantized batch: initialise a, c from it (see clip_init.act_init_value)
             post = self.act(x) if self._subsumed else y
             q.init_from(x if q.init_style == "reference" else post, cap=self._cap)
         return q.quantize(y)
@@ -275,7 +277,7 @@ def quantize_model(
         model: a float model (any ``nn.Module``).
         weight_bits, act_bits: 2..8, or None for float (then the model computes exactly what it did).
         method: "duq" (PROFIT), "pact" or "lsq".
-        init_style: "fixed" or "reference" (the official code's initialisation, see ``quant.act_init_value``).
+        init_style: "fixed" or "reference" (the official code's initialisation, see ``clip_init.act_init_value``).
         filter_fn: ``filter_fn(module, name) -> bool`` chooses which modules to quantize (default: all).
         input_quantizers: ``{conv_name: act_name}`` for models that torch.fx cannot trace.
 
@@ -416,7 +418,7 @@ def calibrate(
     The batches run through the *float* network (every activation quantizer switched off), and each activation
     quantizer records its input. Then, for every quantizer with a bit width, ``init_from`` chooses the clip:
     in ``"fixed"`` style the clip that minimises the quantization MSE over a sample of all the batches (see
-    :func:`~profit_edu.quant.mse_clip`), in ``"reference"`` style the official code's percentile rule over the
+    :func:`~profit_edu.clip_init.mse_clip`), in ``"reference"`` style the official code's percentile rule over the
     first batch. Weight quantizers initialise from their weights. Quantizers with ``bits=None`` stay as they are.
 
     Args:

@@ -39,12 +39,21 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .clip_init import ACT_INIT_PERCENTILE as ACT_INIT_PERCENTILE  # re-exported: profit_edu.quant.X stays importable
+from .clip_init import MSE_CANDIDATES as MSE_CANDIDATES
+from .clip_init import MSE_MAX_SAMPLES as MSE_MAX_SAMPLES
+from .clip_init import WEIGHT_INIT_FRACTION, act_init_value, clip_range, mse_clip
+from .clip_init import InitStyle as InitStyle
+from .grid import HSWISH_OFFSET, MODES, _check_mode, _offset, check_bits, code_range, num_steps
+from .grid import MAX_BITS as MAX_BITS
+from .grid import MIN_BITS as MIN_BITS
+from .grid import Mode as Mode
 
 __all__ = [
     "HSWISH_OFFSET",
@@ -68,72 +77,10 @@ __all__ = [
     "round_ste",
 ]
 
-Mode = Literal["signed", "unsigned", "hswish"]
-MODES: tuple[str, ...] = ("signed", "unsigned", "hswish")
-MIN_BITS, MAX_BITS = 2, 8
-HSWISH_OFFSET = 0.375  # -min(h-swish) = 3/8
-WEIGHT_INIT_FRACTION = 0.9  # a = c = 0.9 * max|W| (official code)
-ACT_INIT_PERCENTILE = 0.95  # a = c = 95th percentile of the init quantity (official: eps = 0.05)
-
 
 # --------------------------------------------------------------------------------------------
-# Validation and grids
+# Checks
 # --------------------------------------------------------------------------------------------
-def check_bits(bits: object, name: str = "bits") -> int | None:
-    """Return ``bits`` if it is an int in 2..8 or None; raise a clear error otherwise.
-
-    Raises:
-        TypeError: for non-integers (``3.5``, ``"4"``, ``True``).
-        ValueError: for integers outside 2..8 (``0``, ``1``, ``9``, ``-1``).
-
-    >>> check_bits(4), check_bits(None)
-    (4, None)
-    """
-    if bits is None:
-        return None
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
-        raise TypeError(
-            f"{name} must be an int in {MIN_BITS}..{MAX_BITS} or None (not quantized), "
-            f"got {bits!r} of type {type(bits).__name__}"
-        )
-    if not MIN_BITS <= int(bits) <= MAX_BITS:
-        raise ValueError(f"{name} must be in {MIN_BITS}..{MAX_BITS} or None (not quantized), got {bits}")
-    return int(bits)
-
-
-def _check_mode(mode: object, allowed: tuple[str, ...] = MODES) -> str:
-    if mode not in allowed:
-        raise ValueError(f"mode must be one of {allowed}, got {mode!r}")
-    return str(mode)
-
-
-def num_steps(bits: int, mode: str) -> int:
-    """K: the number of grid steps between code 0 and the largest code.
-
-    >>> num_steps(4, "signed"), num_steps(4, "unsigned"), num_steps(4, "hswish")
-    (7, 15, 15)
-    """
-    bits = check_bits(bits)
-    if bits is None:
-        raise ValueError("num_steps needs an int bit width in 2..8, got None")
-    mode = _check_mode(mode)
-    return 2 ** (bits - 1) - 1 if mode == "signed" else 2**bits - 1
-
-
-def code_range(bits: int, mode: str) -> tuple[int, int]:
-    """The smallest and largest integer code of a DuQ grid.
-
-    >>> code_range(3, "signed"), code_range(3, "hswish")
-    ((-3, 3), (0, 7))
-    """
-    k = num_steps(bits, mode)
-    return (-k, k) if mode == "signed" else (0, k)
-
-
-def _offset(mode: str) -> float:
-    return HSWISH_OFFSET if mode == "hswish" else 0.0
-
-
 def inverse_softplus(v: Tensor | float) -> Tensor:
     """â such that softplus(â) = v, for v > 0 (numerically stable for large and small v)."""
     v = torch.as_tensor(v, dtype=torch.get_default_dtype())
@@ -366,132 +313,6 @@ def lsq(
         grad_scale = 1.0 / math.sqrt(x.numel() * qp)
     s = _scale_grad(s, grad_scale)
     return round_ste(torch.clamp(x / s, qn, qp)) * s
-
-
-# --------------------------------------------------------------------------------------------
-# Initialisation from data
-# --------------------------------------------------------------------------------------------
-InitStyle = Literal["fixed", "reference"]
-
-
-def _percentile_of_positive(v: Tensor, q: float) -> float:
-    """The q-quantile of the strictly positive entries of v (1e-3 when there are none, as the official code)."""
-    pos = v.detach().reshape(-1)
-    pos = pos[pos > 0]
-    if pos.numel() == 0:
-        return 1e-3
-    k = min(max(math.ceil(q * pos.numel()), 1), pos.numel())
-    return float(pos.float().kthvalue(k).values)
-
-
-def act_init_value(
-    x: Tensor,
-    mode: str,
-    *,
-    style: InitStyle = "fixed",
-    percentile: float = ACT_INIT_PERCENTILE,
-    cap: float | None = None,
-) -> float:
-    """The official code's percentile rule: a = c = the 95th percentile of the positive values of one batch.
-
-    This is what ``init_style="reference"`` uses. ``style="fixed"`` takes the percentile of the quantity the
-    official code *intends*: |x| for ``"signed"``, x + 3/8 for ``"hswish"``, x for ``"unsigned"``.
-    ``style="reference"`` replays what the official code *does*: the positive values of whatever tensor it is
-    given (the caller passes the pre-activation for fused h-swish quantizers), with no |x| and no offset.
-    ``cap`` (6 for ReLU6) bounds the result. (The library's own ``"fixed"`` initialisation no longer uses a
-    percentile at all but :func:`mse_clip`: clipping 5 % of every layer's activations cost 14 points of
-    CIFAR-10 top-1 at 8 bits, before any training.)
-    """
-    if style == "fixed":
-        quantity = x.abs() if mode == "signed" else (x + HSWISH_OFFSET if mode == "hswish" else x)
-    elif style == "reference":
-        quantity = x
-    else:
-        raise ValueError(f"init style must be 'fixed' or 'reference', got {style!r}")
-    value = _percentile_of_positive(quantity, percentile)
-    return min(value, cap) if cap is not None else value
-
-
-#: Candidates of the coarse search of :func:`mse_clip` (then as many again between the best one's neighbours).
-MSE_CANDIDATES = 100
-#: :func:`mse_clip` measures the error on at most this many values (a seeded random sample of larger tensors).
-MSE_MAX_SAMPLES = 2**18
-
-
-def clip_range(x: Tensor, mode: str) -> float:
-    """The largest clip worth trying for ``x`` on a ``mode`` grid: the clip that keeps every value in range.
-
-    ``max|x|`` for ``"signed"``, ``max(x + 3/8)`` for ``"hswish"``, ``max(x)`` for ``"unsigned"``.
-    """
-    x = x.detach()
-    if mode == "signed":
-        return float(x.abs().max())
-    return float((x + HSWISH_OFFSET).max() if mode == "hswish" else x.max())
-
-
-def _sample(x: Tensor, max_samples: int, seed: int) -> Tensor:
-    flat = x.detach().reshape(-1).float()
-    if flat.numel() <= max_samples:
-        return flat
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(flat.numel(), (max_samples,), generator=gen).to(flat.device)
-    return flat[idx]
-
-
-@torch.no_grad()
-def mse_clip(
-    x: Tensor,
-    quantize: Callable[[Tensor, float], Tensor],
-    high: float,
-    *,
-    candidates: int = MSE_CANDIDATES,
-    max_samples: int = MSE_MAX_SAMPLES,
-    seed: int = 0,
-) -> float:
-    """The clip in (0, ``high``] that minimises the mean squared quantization error of ``x``.
-
-    Math: clip* = argmin_t mean((Q_t(x) - x)^2), searched on t = high*k/G for k = 1..G (G = ``candidates``),
-    then on G points between the best candidate's two neighbours, so the answer is within high/G^2 of the
-    grid's best. The error is measured on all of ``x``, or on a seeded random sample of ``max_samples``
-    values when ``x`` is larger (the candidates still span its true range ``high``).
-
-    This is the initialisation of ``init_style="fixed"``: a clip that is too small clips the tail, one that
-    is too large wastes levels on values that never occur; the MSE weighs both at the current bit width.
-
-    Args:
-        x: the tensor to quantize (weights, or one calibration batch of a quantizer's input).
-        quantize: ``quantize(x, t)``, the fake quantizer with clip ``t`` at the bit width in use.
-        high: the largest clip to try (see :func:`clip_range`); <= 0 gives 1e-3 (nothing to quantize).
-
-    Raises:
-        ValueError: ``x`` is empty or holds NaN or inf (the message says how many).
-
-    >>> x = torch.randn(100_000, generator=torch.Generator().manual_seed(0))   # max |x| is 4.56
-    >>> t = mse_clip(x, lambda v, t: duq(v, t, t, 4, "signed"), float(x.abs().max()))
-    >>> round(t, 1)   # a Gaussian's 4-bit (15-level) optimum: the tail beyond ~2.5 sigma is clipped
-    2.5
-    """
-    if x.numel() == 0:
-        raise ValueError("cannot choose a clip from an empty tensor")
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        raise ValueError(f"cannot choose a clip: {bad} of {x.numel()} values are NaN or inf")
-    if not high > 0:
-        return 1e-3
-    v = _sample(x, max_samples, seed)
-
-    def err(t: float) -> float:
-        return float((quantize(v, t) - v).pow_(2).mean())
-
-    def best_of(ts: list[float]) -> int:
-        errors = [err(t) for t in ts]
-        return min(range(len(ts)), key=errors.__getitem__)
-
-    coarse = [high * k / candidates for k in range(1, candidates + 1)]
-    i = best_of(coarse)
-    lo, hi = (coarse[i - 1] if i > 0 else coarse[i] / 2), (coarse[i + 1] if i + 1 < candidates else coarse[i])
-    fine = [lo + (hi - lo) * k / candidates for k in range(candidates + 1)]
-    return fine[best_of(fine)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..quant import MAX_BITS, MIN_BITS, check_bits
+from ..grid import MAX_BITS, MIN_BITS, check_bits
 
 __all__ = [
     "DATASET_CHOICES",
