@@ -197,24 +197,25 @@ def aiwq_from_outputs(y_new: Tensor, y_old: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # One layer, computed directly
 # --------------------------------------------------------------------------------------------
-def _layer_output(layer: nn.Module, x: Tensor, weight: Tensor, *, zero_pad: bool = False) -> Tensor:
+def _layer_output(layer: nn.Module, x: Tensor, weight: Tensor, *, aiwq_zero_pad: bool = False) -> Tensor:
     """The layer's pre-BN output with ``weight`` in place of its own, padded the way the layer pads.
 
-    ``zero_pad=True`` replays the official code's bug: pad with zeros even when the layer pads with -3/8.
+    ``aiwq_zero_pad=True`` replays the official code's bug: pad with zeros even when the layer pads with -3/8.
     """
     if isinstance(layer, nn.Linear):
         return F.linear(x, weight, layer.bias)
-    if isinstance(layer, Conv2dPad) and not zero_pad:
+    if isinstance(layer, Conv2dPad) and not aiwq_zero_pad:
         return layer._conv(x, weight)  # pads with pad_value (-3/8 after an h-swish quantizer), like forward
     if isinstance(layer, nn.Conv2d):
-        if layer.padding_mode != "zeros" and not zero_pad:
+        if layer.padding_mode != "zeros" and not aiwq_zero_pad:
             return layer._conv_forward(x, weight, layer.bias)
         return F.conv2d(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
     raise TypeError(f"AIWQ is defined for Conv2d and Linear layers, got {type(layer).__name__}")
 
 
 @torch.no_grad()
-def layer_aiwq(conv: nn.Module, x: Tensor, w_old_q: Tensor, w_new_q: Tensor, *, zero_pad_bug: bool = False) -> float:
+def layer_aiwq(conv: nn.Module, x: Tensor, w_old_q: Tensor, w_new_q: Tensor, *, aiwq_zero_pad: bool = False
+               ) -> float:
     """AIWQ of one layer on one batch: the mean per-channel Gaussian KL between its outputs under two weights.
 
     Math: mean_j KL(N(mu_new_j, sigma_new_j^2) || N(mu_old_j, sigma_old_j^2)) over channels with sigma > 0,
@@ -227,8 +228,9 @@ def layer_aiwq(conv: nn.Module, x: Tensor, w_old_q: Tensor, w_new_q: Tensor, *, 
             groups, bias and padding (the value it pads with, e.g. -3/8) are used for both outputs.
         x: the layer's input.
         w_old_q, w_new_q: last step's and this step's quantized weights.
-        zero_pad_bug: recompute ``Y_old`` with zero padding even where the layer pads with another value, as the
-            official code does (notes D); ``Y_new`` keeps the layer's padding. Only for reproducing it.
+        aiwq_zero_pad: recompute ``Y_old`` with zero padding even where the layer pads with another value, as the
+            official code does (notes D); ``Y_new`` keeps the layer's padding. Only for reproducing it (the
+            recipe quirk of the same name).
 
     Returns:
         The value as a float (NaN when every channel has zero variance).
@@ -248,7 +250,7 @@ def layer_aiwq(conv: nn.Module, x: Tensor, w_old_q: Tensor, w_new_q: Tensor, *, 
             shape = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
             raise ValueError(f"{name} must have the layer's weight shape {tuple(conv.weight.shape)}, got {shape}")
     y_new = _layer_output(conv, x, w_new_q)
-    y_old = _layer_output(conv, x, w_old_q, zero_pad=zero_pad_bug)
+    y_old = _layer_output(conv, x, w_old_q, aiwq_zero_pad=aiwq_zero_pad)
     return float(aiwq_from_outputs(y_new, y_old))
 
 
@@ -348,7 +350,7 @@ class AIWQTracker(_HookSet):
     * a hook on each layer's *weight quantizer* keeps the quantized weight the forward just used, ``Q(W_t)``
       (no recomputation; a copy only when the weights are float and share the parameter's storage);
     * a hook on the layer computes ``Y_old = conv(X_t, W_old)`` with last step's snapshot, under
-      ``torch.no_grad``, padded exactly as the layer pads (zero-padded with ``reference_mode=True``, the
+      ``torch.no_grad``, padded exactly as the layer pads (zero-padded with ``aiwq_zero_pad=True``, the
       official code's bug), and reduces ``Y_new`` and ``Y_old`` to per-channel sums (:func:`channel_stats`;
       ``Y_old`` in place, so one temporary for ``Y_new`` is the only extra memory);
     * then ``Q(W_t)`` becomes the snapshot for step t+1: taken after step t's forward and before its
@@ -379,7 +381,8 @@ class AIWQTracker(_HookSet):
         skip_above: per-step values above this are not averaged in (official: 1.0); ``math.inf`` keeps all.
         include_linear: also track linear layers (classifier, squeeze-excitation).
         every: measure every ``every``-th training step (1: every step).
-        reference_mode: recompute ``Y_old`` with zero padding, as the official code did for -3/8-padded layers.
+        aiwq_zero_pad: recompute ``Y_old`` with zero padding, as the official code did for -3/8-padded layers
+            (the recipe quirk of the same name).
         raw_history: how many recent raw per-step values to keep per layer for plots (0: none).
 
     Raises:
@@ -395,7 +398,7 @@ class AIWQTracker(_HookSet):
     """
 
     def __init__(self, model: nn.Module, *, ema: float = DEFAULT_EMA, skip_above: float = DEFAULT_SKIP_ABOVE,
-                 include_linear: bool = False, every: int = 1, reference_mode: bool = False,
+                 include_linear: bool = False, every: int = 1, aiwq_zero_pad: bool = False,
                  raw_history: int = 1000) -> None:
         super().__init__()
         if not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0 <= ema < 1:
@@ -407,7 +410,7 @@ class AIWQTracker(_HookSet):
         self.ema = float(ema)
         self.skip_above = float(skip_above)
         self.every = _check_positive_int(every, "every")
-        self.reference_mode = bool(reference_mode)
+        self.aiwq_zero_pad = bool(aiwq_zero_pad)
         self.raw_history = raw_history
         self.model = model
         layers = tracked_layers(model, include_linear=include_linear)
@@ -457,7 +460,7 @@ class AIWQTracker(_HookSet):
             if self._measure and w_old is not None:
                 with torch.no_grad():
                     new = _partial_sums(y_new.detach(), work=self._workspace(y_new))
-                    y_old = _layer_output(layer, inputs[0], w_old, zero_pad=self.reference_mode)
+                    y_old = _layer_output(layer, inputs[0], w_old, aiwq_zero_pad=self.aiwq_zero_pad)
                     old = _partial_sums(y_old, inplace=True)  # y_old is ours: overwrite it, no temporary
                 self._pending.append((i, y_new.numel() // y_new.shape[1], new, old))
             w_new = self._current.pop(i, None)

@@ -891,10 +891,10 @@ def set_phase_bits(model: nn.Module, recipe: Recipe, phase: Phase) -> None:
 
 
 def make_tracker(recipe: Recipe, model: nn.Module) -> AIWQTracker:
-    """The AIWQ tracker of the sampling phases, configured by the recipe (``aiwq_zero_pad``: reference mode)."""
+    """The AIWQ tracker of the sampling phases, configured by the recipe (the ``aiwq_zero_pad`` quirk)."""
     a = recipe.aiwq
     return AIWQTracker(model, ema=a.ema, skip_above=a.skip_above, include_linear=a.include_linear, every=a.every,
-                       reference_mode=recipe.has("aiwq_zero_pad"))
+                       aiwq_zero_pad=recipe.has("aiwq_zero_pad"))
 
 
 def _weight_layers(model: nn.Module) -> list[str]:

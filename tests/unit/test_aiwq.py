@@ -204,12 +204,12 @@ def test_reference_zero_padding_bug_differs_exactly_at_the_borders():
     dw = _negative_padded_conv()
     x = torch.randn(3, 8, 6, 6)
     w = dw.quantized_weight().detach()
-    diff = (_layer_output(dw, x, w, zero_pad=True) - _layer_output(dw, x, w)).abs().amax(dim=(0, 1))  # (6, 6)
+    diff = (_layer_output(dw, x, w, aiwq_zero_pad=True) - _layer_output(dw, x, w)).abs().amax(dim=(0, 1))  # (6, 6)
     border = torch.ones(6, 6, dtype=torch.bool)
     border[1:-1, 1:-1] = False
     assert bool((diff[border] > 1e-6).all()) and bool((diff[~border] == 0).all())
     # with the bug, even identical weights look unstable
-    assert layer_aiwq(dw, x, w, w, zero_pad_bug=True) > 1e-4
+    assert layer_aiwq(dw, x, w, w, aiwq_zero_pad=True) > 1e-4
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,11 +239,11 @@ def test_tracker_equals_direct_computation_on_a_fixed_model_and_batch():
     assert any(v > 0 for v in tracker.values().values())  # lr 0.5 flips codes
 
 
-def test_tracker_reference_mode_uses_zero_padding_for_the_old_output():
+def test_tracker_aiwq_zero_pad_uses_zero_padding_for_the_old_output():
     net = tiny_net()
     data = batches(2)
     fixed = AIWQTracker(net, skip_above=math.inf)
-    ref = AIWQTracker(net, skip_above=math.inf, reference_mode=True)
+    ref = AIWQTracker(net, skip_above=math.inf, aiwq_zero_pad=True)
     with torch.no_grad():  # no weight change: the fixed metric is exactly 0, the bug is not
         net(data[0])
         net(data[1])

@@ -459,9 +459,9 @@ def test_quirk_relu_in_fp_replaces_relu6_while_activations_are_float():
 
 def test_quirk_aiwq_zero_pad_and_aiwq_settings():
     net = quantize_model(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)), 4, 4)
-    assert make_tracker(parse_recipe(MINIMAL), net).reference_mode is False
+    assert make_tracker(parse_recipe(MINIMAL), net).aiwq_zero_pad is False
     tracker = make_tracker(_with_quirks("aiwq_zero_pad"), net)
-    assert tracker.reference_mode is True and tracker.ema == 0.999 and tracker.skip_above == 1.0
+    assert tracker.aiwq_zero_pad is True and tracker.ema == 0.999 and tracker.skip_above == 1.0
 
 
 def test_reference_recipe_file_lists_every_quirk():
