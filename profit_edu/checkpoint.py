@@ -23,7 +23,8 @@ Tensor keys in the safetensors file carry a prefix that says what they belong to
     random-number-generator states as uint8 tensors (``torch.get_rng_state()``), so dropout continues
     with the numbers it would have drawn.
 ``extra/<name>``
-    anything else a caller wants restored (the trainer stores a train-mode teacher's BN statistics here).
+    anything else a caller wants restored: the trainer stores a train-mode teacher's BN statistics here as
+    ``teacher.<name>`` (:func:`teacher_buffers`; :meth:`Checkpoint.restore_teacher` puts them back, strictly).
 
 *Atomic writes.* Every file is written to a temporary name in the same folder, flushed to disk (fsync) and
 then renamed over the target with ``os.replace``, which is atomic: a reader sees the old file or the new one,
@@ -70,6 +71,7 @@ __all__ = [
     "quantizer_bits",
     "release_checkpoint",
     "save_checkpoint",
+    "teacher_buffers",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ CHECKPOINT_FORMAT = "profit-edu-checkpoint"
 CHECKPOINT_VERSION = 1
 JSON_NAME = "checkpoint.json"
 PREFIXES = ("model", "ema", "momentum", "rng", "extra")
+TEACHER_PREFIX = "teacher."  # extra/teacher.<buffer>: a train-mode teacher's BN statistics
 
 
 class CheckpointError(ValueError):
@@ -226,6 +229,30 @@ class Checkpoint:
             for name, buf in self.momentum.items():
                 p = params[name]
                 optimizer.state[p]["momentum_buffer"] = buf.to(device=p.device, dtype=p.dtype).clone()
+
+    def restore_teacher(self, teacher: nn.Module) -> None:
+        """Put back a train-mode teacher's buffers (its BN statistics drift in training) from ``extra``, strictly:
+        every buffer of the teacher, saved by :func:`teacher_buffers`, with its shape.
+
+        Raises:
+            CheckpointError: a buffer is missing, unexpected or of another shape (named).
+        """
+        buffers = dict(teacher.named_buffers())
+        saved = {k.removeprefix(TEACHER_PREFIX): v for k, v in self.extra.items() if k.startswith(TEACHER_PREFIX)}
+        if saved.keys() != buffers.keys():
+            diff = sorted(set(saved) ^ set(buffers))
+            raise CheckpointError(f"{self.path}: the teacher's buffers differ from the checkpoint's ({diff[:5]})")
+        with torch.no_grad():
+            for name, value in saved.items():
+                if value.shape != buffers[name].shape:
+                    raise CheckpointError(f"{self.path}: teacher buffer {name!r} has shape {tuple(value.shape)} in "
+                                          f"the checkpoint, {tuple(buffers[name].shape)} in the teacher")
+                buffers[name].copy_(value)
+
+
+def teacher_buffers(teacher: nn.Module) -> dict[str, Tensor]:
+    """A train-mode teacher's buffers as ``extra`` entries (``teacher.<name>``) for :func:`save_checkpoint`."""
+    return {f"{TEACHER_PREFIX}{k}": v for k, v in teacher.named_buffers()}
 
 
 def check_bits_match(model: nn.Module, bits: Mapping[str, int | None], *, source: str = "checkpoint") -> None:
