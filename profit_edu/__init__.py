@@ -3,12 +3,18 @@
 PROFIT (Park & Yoo, ECCV 2020) trains 4-bit and 3-bit MobileNets with DuQ quantizers, negative padding
 for h-swish, the AIWQ instability metric and progressive freezing. Modules, in the book's order:
 
+* :mod:`profit_edu.grid`   - the uniform grids: bit widths, modes (signed, unsigned, h-swish), steps and codes
+* :mod:`profit_edu.clip_init` - a quantizer's first clip, from data (least quantization error, or the official rules)
 * :mod:`profit_edu.quant`  - rounding with a straight-through estimator, DuQ, PACT, LSQ
 * :mod:`profit_edu.layers` - QConv2d (negative padding), QLinear, QAct, quantize_model, set_bits
 * :mod:`profit_edu.models` - MobileNet v1/v2/v3 with PROFIT's quantization points
 * :mod:`profit_edu.aiwq`   - the AIWQ metric, its hook-based tracker, weight-flip and BN-statistics diagnostics
-* :mod:`profit_edu.profit` - PROFIT's schedule as YAML recipes, AIWQ-ranked freezing, run_recipe
-* :mod:`profit_edu.train`  - training and evaluation loops, KD, weight EMA, schedules
+* :mod:`profit_edu.freezing` - AIWQ-ranked progressive freezing, and the random control
+* :mod:`profit_edu.recipe`, :mod:`profit_edu.schedule` - PROFIT's schedule as YAML recipes; its phases and plan
+* :mod:`profit_edu.optim`, :mod:`profit_edu.train`, :mod:`profit_edu.ema` - SGD groups and schedule; the
+  training and evaluation loops, KD; the weight EMA
+* :mod:`profit_edu.pipeline` - run_recipe: a recipe's phases, resumably (:mod:`profit_edu.profit` gathers
+  freezing, recipe, schedule and pipeline under one name)
 * :mod:`profit_edu.checkpoint` - safetensors + JSON checkpoints that resume exactly
 * :mod:`profit_edu.data`   - CIFAR-10 (offline copy or checksummed download), ImageNet folders, synthetic data
 * :mod:`profit_edu.pretrained` - the shipped pretrained float checkpoints quantization starts from
@@ -22,7 +28,26 @@ ARCHITECTURE.md (in the repository) draws the import direction and says where to
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import aiwq, checkpoint, data, layers, models, packed, pretrained, profit, quant, train
+from . import (
+    aiwq,
+    checkpoint,
+    clip_init,
+    data,
+    ema,
+    freezing,
+    grid,
+    layers,
+    models,
+    optim,
+    packed,
+    pipeline,
+    pretrained,
+    profit,
+    quant,
+    recipe,
+    schedule,
+    train,
+)
 from .layers import calibrate, quantize_model, set_bits
 from .train import ModelEMA, TrainConfig, evaluate, fit
 
@@ -38,16 +63,24 @@ __all__ = [
     "aiwq",
     "calibrate",
     "checkpoint",
+    "clip_init",
     "data",
+    "ema",
     "evaluate",
     "fit",
+    "freezing",
+    "grid",
     "layers",
     "models",
+    "optim",
     "packed",
+    "pipeline",
     "pretrained",
     "profit",
     "quant",
     "quantize_model",
+    "recipe",
+    "schedule",
     "set_bits",
     "train",
 ]

@@ -25,12 +25,12 @@ import torch
 from torch import nn
 
 from .aiwq import AIWQTracker, tracked_layers
-from .recipe import Recipe, RecipeError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: freezing sits below the recipe and the schedule (ARCHITECTURE.md)
+    from .recipe import Recipe
     from .schedule import Phase
 
-__all__ = ["check_recipe_for_model", "freeze_count", "frozen_for_phase", "make_tracker", "random_freeze_order"]
+__all__ = ["freeze_count", "frozen_for_phase", "make_tracker", "random_freeze_order", "weight_layers"]
 
 
 def make_tracker(recipe: Recipe, model: nn.Module) -> AIWQTracker:
@@ -70,7 +70,8 @@ def random_freeze_order(model: nn.Module, *, seed: int, include_linear: bool = F
     return [names[i] for i in order]
 
 
-def _weight_layers(model: nn.Module) -> list[str]:
+def weight_layers(model: nn.Module) -> list[str]:
+    """The names of ``model``'s conv and linear layers: the layers whose weights can be frozen."""
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
@@ -86,7 +87,7 @@ def frozen_for_phase(recipe: Recipe, phase: Phase, model: nn.Module,
     names: list[str] = list(recipe.schedule.always_frozen)
     policy = recipe.schedule.freeze
     if phase.kind == "bn":
-        names += _weight_layers(model)
+        names += weight_layers(model)
     elif phase.freeze_fraction is not None and phase.freeze_fraction > 0 and policy != "none":
         if policy == "random":
             order = random_freeze_order(model, seed=recipe.seed, include_linear=recipe.aiwq.include_linear)
@@ -96,18 +97,3 @@ def frozen_for_phase(recipe: Recipe, phase: Phase, model: nn.Module,
             order = [n for n, _ in ranking]
         names += order[: freeze_count(len(order), phase.freeze_fraction)]
     return tuple(dict.fromkeys(names))
-
-
-def check_recipe_for_model(recipe: Recipe, model: nn.Module) -> None:
-    """Reject names in ``schedule.always_frozen`` that are not conv/linear layers of ``model`` (before training).
-
-    Raises:
-        RecipeError: with the offending entry's line.
-    """
-    layers = set(_weight_layers(model))
-    for i, name in enumerate(recipe.schedule.always_frozen):
-        if name not in layers:
-            close = sorted(layers, key=lambda n: (not n.startswith(name.split(".")[0]), n))[:4]
-            raise RecipeError(f"{recipe.where('schedule', 'always_frozen', i)}: {name!r} is not a conv or linear "
-                              f"layer of {type(model).__name__} (exact module names, e.g. {close})")
-

@@ -14,7 +14,8 @@ width the method itself runs (see :mod:`profit_edu.freezing`):
 5. *BN-stabilisation* once more.
 
 :func:`expand_phases` turns a :class:`~profit_edu.recipe.Recipe` into this list of :class:`Phase` s;
-:func:`format_plan` prints it (``profit-edu plan RECIPE``), :func:`plan_dict` gives it as data.
+:func:`format_plan` prints it (``profit-edu plan RECIPE``), :func:`plan_dict` gives it as data, and
+:func:`check_recipe_for_model` checks the layers it always freezes against a model, before training.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from .aiwq import tracked_layers
-from .freezing import freeze_count
-from .layers import quantize_model
-from .recipe import Recipe
+from torch import nn
 
-__all__ = ["PHASE_KINDS", "Phase", "expand_phases", "format_plan", "plan_dict"]
+from .aiwq import tracked_layers
+from .freezing import freeze_count, weight_layers
+from .layers import quantize_model
+from .recipe import Recipe, RecipeError
+
+__all__ = ["PHASE_KINDS", "Phase", "check_recipe_for_model", "expand_phases", "format_plan", "plan_dict"]
 
 PHASE_KINDS = ("fp", "bn", "ft", "sampling")
 
@@ -191,3 +194,17 @@ def format_plan(recipe: Recipe, *, num_layers: int | None = None) -> str:
     phases = expand_phases(recipe)
     total = f"total: {len(phases)} phases, {sum(p.epochs for p in phases)} epochs"
     return "\n".join([*head, "", *table, "", total])
+
+
+def check_recipe_for_model(recipe: Recipe, model: nn.Module) -> None:
+    """Reject names in ``schedule.always_frozen`` that are not conv/linear layers of ``model`` (before training).
+
+    Raises:
+        RecipeError: with the offending entry's line.
+    """
+    layers = set(weight_layers(model))
+    for i, name in enumerate(recipe.schedule.always_frozen):
+        if name not in layers:
+            close = sorted(layers, key=lambda n: (not n.startswith(name.split(".")[0]), n))[:4]
+            raise RecipeError(f"{recipe.where('schedule', 'always_frozen', i)}: {name!r} is not a conv or linear "
+                              f"layer of {type(model).__name__} (exact module names, e.g. {close})")

@@ -7,7 +7,7 @@ wired in :func:`build_parser`; add new ones, such as ``aiwq``, the same way):
   :func:`profit_edu.train.fit` (``--model``) or a whole PROFIT recipe (``--recipe``), checkpoint every epoch;
 * :mod:`.evaluate` - ``evaluate``: rebuild a run's model, print top-1/top-5 (and record them in the ledger);
   ``release``: copy a run's last checkpoint with the weights only (how ``data/pretrained`` is made);
-* :mod:`.plan` - ``plan``: print the phase timeline of a PROFIT recipe (:mod:`profit_edu.profit`);
+* :mod:`.plan` - ``plan``: print the phase timeline of a PROFIT recipe (:mod:`profit_edu.schedule`);
 * :mod:`.packed` - ``pack``: a trained quantized run -> a packed integer model file; ``run-packed``: classify
   images with it (:mod:`profit_edu.packed`);
 * :mod:`.samples` - ``samples``: a few CIFAR-10 test images as PNG files, to try ``run-packed`` on;

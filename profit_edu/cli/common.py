@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 
-#: What ``--dataset`` of ``train`` and ``evaluate`` accepts (recipes have their own list: ``profit.DATASETS``).
+#: What ``--dataset`` of ``train`` and ``evaluate`` accepts (recipes have their own list: ``recipe.DATASETS``).
 DATASET_CHOICES = ("cifar10", "synthetic")
 SYNTHETIC_FULL = (50_000, 10_000)  # synthetic stand-in sizes (train, test) when asked for "the whole split"
 

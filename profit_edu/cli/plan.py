@@ -1,6 +1,6 @@
 """``profit-edu plan RECIPE``: print the phase timeline of a PROFIT recipe (a dry run); ``train --recipe`` runs it.
 
-The recipe is a YAML file or the name of a shipped one (:func:`profit_edu.profit.load_recipe`); a bad recipe is
+The recipe is a YAML file or the name of a shipped one (:func:`profit_edu.recipe.load_recipe`); a bad recipe is
 reported with its file and line, and nothing is trained.
 """
 
@@ -31,19 +31,19 @@ def add_plan_parser(commands: argparse._SubParsersAction) -> None:
 
 def load_recipe(name: str) -> Any:
     """The recipe ``name`` (a file or a shipped name); a missing or bad one is a :class:`CLIError`."""
-    from .. import profit
+    from .. import recipe
 
     try:
-        return profit.load_recipe(name)
-    except (FileNotFoundError, profit.RecipeError) as err:
+        return recipe.load_recipe(name)
+    except (FileNotFoundError, recipe.RecipeError) as err:
         raise CLIError(str(err)) from err
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Run ``profit-edu plan``."""
-    from .. import profit
+    from ..schedule import format_plan, plan_dict
 
     recipe = load_recipe(args.recipe)
-    say(json.dumps(profit.plan_dict(recipe), indent=1) if args.json else profit.format_plan(recipe))
+    say(json.dumps(plan_dict(recipe), indent=1) if args.json else format_plan(recipe))
     return 0
 

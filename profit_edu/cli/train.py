@@ -7,7 +7,7 @@ Two ways to say what to train:
     batch size, width, stem and learning rate; every one of them has its own flag. ``--init RUN`` starts from
     another run's weights (a float run before quantizing).
 ``--recipe RECIPE``
-    a whole PROFIT schedule (:func:`profit_edu.profit.run_recipe`), resumable phase by phase; only the flags
+    a whole PROFIT schedule (:func:`profit_edu.pipeline.run_recipe`), resumable phase by phase; only the flags
     that do not change the recipe's meaning combine with it.
 
 Running the same command again resumes from the last checkpoint and ends exactly where an uninterrupted run would.
@@ -359,7 +359,9 @@ def _train_recipe(args: argparse.Namespace) -> int:
     """Run ``profit-edu train --recipe RECIPE``: every phase of a PROFIT schedule, resumable phase by phase."""
     import dataclasses
 
-    from .. import profit
+    from .. import pipeline
+    from ..recipe import RecipeError
+    from ..schedule import format_plan
 
     given = [flag for flag, value in (
         ("--epochs", args.epochs), ("--lr", args.lr), ("--weight-bits", args.weight_bits),
@@ -385,12 +387,12 @@ def _train_recipe(args: argparse.Namespace) -> int:
     torch.manual_seed(recipe.seed)  # the model's random initialisation
     try:
         init = args.init if args.init is not None else recipe.init
-        model = profit.load_init(recipe, resolve_init(init)) if init is not None else profit.build_model(recipe)
+        model = pipeline.load_init(recipe, resolve_init(init)) if init is not None else pipeline.build_model(recipe)
         if init is not None:
             say(f"starting from the float model in {init}")
-        teacher = profit.build_teacher(recipe)
-        train_loader, val_loader, what = profit.build_loaders(recipe, device=device, download=args.download)
-        say(profit.format_plan(recipe))
+        teacher = pipeline.build_teacher(recipe)
+        train_loader, val_loader, what = pipeline.build_loaders(recipe, device=device, download=args.download)
+        say(format_plan(recipe))
         say(f"\ndata: {what}; device {device}; run directory {args.out}")
 
         def report(phase: Any, epoch: int, r: dict[str, Any]) -> None:
@@ -399,9 +401,9 @@ def _train_recipe(args: argparse.Namespace) -> int:
             say(f"{phase.name} epoch {epoch + 1}/{phase.epochs}: lr {r['lr']:.4g}, train loss {r['train_loss']:.4f}"
                 f"{top1}{ema}, {len(r['frozen'])} frozen ({r['wall_s']:.1f} s)")
 
-        result = profit.run_recipe(recipe, model, train_loader, val_loader, out_dir=args.out, teacher=teacher,
-                                   device=device, progress=args.progress, resume=not args.restart, callback=report)
-    except profit.RecipeError as err:
+        result = pipeline.run_recipe(recipe, model, train_loader, val_loader, out_dir=args.out, teacher=teacher,
+                                     device=device, progress=args.progress, resume=not args.restart, callback=report)
+    except RecipeError as err:
         raise CLIError(str(err)) from err
     skipped = [p.phase.name for p in result.phases if p.skipped]
     if skipped:
