@@ -595,3 +595,11 @@ def test_run_recipe_with_another_policy_trains_the_same_until_freezing_starts(po
     else:
         order = json.loads((out / policy / "random_order.json").read_text())["order"]
         assert frozen["w4_ft2"] == tuple(order[:1]) and frozen["w4_ft3"] == tuple(order[:2])
+
+
+def test_profit_gathers_the_names_of_freezing_recipe_schedule_and_pipeline():
+    from profit_edu import freezing, pipeline, profit, recipe, schedule
+
+    homes = (freezing, recipe, schedule, pipeline)
+    for name in [*profit.__all__, "ARCHS", "DATASETS", "PHASE_KINDS", "SECTIONS", "RecipeSource"]:
+        assert any(getattr(m, name, None) is getattr(profit, name) for m in homes), name
