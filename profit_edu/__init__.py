@@ -56,31 +56,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not pip-installed
     __version__ = "0.0.0+unknown"
 
-__all__ = [
-    "ModelEMA",
-    "TrainConfig",
-    "__version__",
-    "aiwq",
-    "calibrate",
-    "checkpoint",
-    "clip_init",
-    "data",
-    "ema",
-    "evaluate",
-    "fit",
-    "freezing",
-    "grid",
-    "layers",
-    "models",
-    "optim",
-    "packed",
-    "pipeline",
-    "pretrained",
-    "profit",
-    "quant",
-    "quantize_model",
-    "recipe",
-    "schedule",
-    "set_bits",
-    "train",
-]
+__all__ = ["ModelEMA", "TrainConfig", "__version__", "aiwq", "calibrate", "checkpoint", "clip_init", "data", "ema",
+           "evaluate", "fit", "freezing", "grid", "layers", "models", "optim", "packed", "pipeline", "pretrained",
+           "profit", "quant", "quantize_model", "recipe", "schedule", "set_bits", "train"]

@@ -57,22 +57,9 @@ from torch import Tensor, nn
 
 from .layers import quantizers
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_VERSION",
-    "JSON_NAME",
-    "Checkpoint",
-    "CheckpointError",
-    "atomic_write_bytes",
-    "check_bits_match",
-    "has_checkpoint",
-    "load_checkpoint",
-    "load_state_strict",
-    "quantizer_bits",
-    "release_checkpoint",
-    "save_checkpoint",
-    "teacher_buffers",
-]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "JSON_NAME", "Checkpoint", "CheckpointError",
+           "atomic_write_bytes", "check_bits_match", "has_checkpoint", "load_checkpoint", "load_state_strict",
+           "quantizer_bits", "release_checkpoint", "save_checkpoint", "teacher_buffers"]
 
 log = logging.getLogger(__name__)
 

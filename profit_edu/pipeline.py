@@ -52,18 +52,8 @@ from .recipe import Recipe, RecipeError
 from .schedule import Phase, check_recipe_for_model, expand_phases, format_plan
 from .train import fit
 
-__all__ = [
-    "PhaseResult",
-    "RecipeResult",
-    "build_loaders",
-    "build_model",
-    "build_teacher",
-    "load_init",
-    "phase_config",
-    "prepare_model",
-    "run_recipe",
-    "set_phase_bits",
-]
+__all__ = ["PhaseResult", "RecipeResult", "build_loaders", "build_model", "build_teacher", "load_init", "phase_config",
+           "prepare_model", "run_recipe", "set_phase_bits"]
 
 log = logging.getLogger(__name__)
 

@@ -55,27 +55,9 @@ from .grid import MAX_BITS as MAX_BITS
 from .grid import MIN_BITS as MIN_BITS
 from .grid import Mode as Mode
 
-__all__ = [
-    "HSWISH_OFFSET",
-    "MODES",
-    "DuQ",
-    "LSQQuantizer",
-    "PACTQuantizer",
-    "Quantizer",
-    "check_bits",
-    "clip_range",
-    "code_range",
-    "duq",
-    "duq_codes",
-    "duq_levels",
-    "inverse_softplus",
-    "lsq",
-    "make_quantizer",
-    "mse_clip",
-    "num_steps",
-    "pact",
-    "round_ste",
-]
+__all__ = ["HSWISH_OFFSET", "MODES", "DuQ", "LSQQuantizer", "PACTQuantizer", "Quantizer", "check_bits", "clip_range",
+           "code_range", "duq", "duq_codes", "duq_levels", "inverse_softplus", "lsq", "make_quantizer", "mse_clip",
+           "num_steps", "pact", "round_ste"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,25 +31,9 @@ from ._validate import is_real as _is_real
 from .models import get_model, list_models
 from .quant import METHODS
 
-__all__ = [
-    "DATASETS",
-    "FREEZE_POLICIES",
-    "QUIRKS",
-    "RECIPE_DIR",
-    "RECIPE_MODES",
-    "RECIPE_VERSION",
-    "AIWQSpec",
-    "DataSpec",
-    "ModelSpec",
-    "OptimSpec",
-    "Recipe",
-    "RecipeError",
-    "ScheduleSpec",
-    "list_recipes",
-    "load_recipe",
-    "parse_recipe",
-    "recipe_path",
-]
+__all__ = ["DATASETS", "FREEZE_POLICIES", "QUIRKS", "RECIPE_DIR", "RECIPE_MODES", "RECIPE_VERSION", "AIWQSpec",
+           "DataSpec", "ModelSpec", "OptimSpec", "Recipe", "RecipeError", "ScheduleSpec", "list_recipes", "load_recipe",
+           "parse_recipe", "recipe_path"]
 
 RECIPE_VERSION = 1
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"

@@ -39,20 +39,8 @@ from .ema import ModelEMA
 from .layers import quantizers
 from .optim import TrainConfig, lr_multiplier, make_optimizer, param_groups
 
-__all__ = [
-    "DivergenceError",
-    "History",
-    "ModelEMA",
-    "ResumeError",
-    "TrainConfig",
-    "bits_summary",
-    "evaluate",
-    "fit",
-    "kd_loss",
-    "lr_multiplier",
-    "make_optimizer",
-    "param_groups",
-]
+__all__ = ["DivergenceError", "History", "ModelEMA", "ResumeError", "TrainConfig", "bits_summary", "evaluate", "fit",
+           "kd_loss", "lr_multiplier", "make_optimizer", "param_groups"]
 
 log = logging.getLogger(__name__)
 
