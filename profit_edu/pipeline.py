@@ -280,8 +280,8 @@ def run_recipe(recipe: Recipe, model: nn.Module, train_loader: Any, val_loader: 
     ema = _start_run(recipe, model, out)
     first_todo = _finished_units(units, resume)
     teachers = _Teachers(recipe, model, teacher, units, device)
-    run = _Run(recipe, model, train_loader, val_loader, out, units, ema, teachers, first_todo, device, progress, resume,
-               callback)
+    run = _Run(recipe, model, train_loader, val_loader, out, units, ema, teachers, first_todo=first_todo,
+               device=device, progress=progress, resume=resume, callback=callback)
     if first_todo > 0:  # resuming: continue from the last finished unit's weights (and EMA)
         run.restored = _continue_after(run, units[first_todo - 1])
     results: dict[int, PhaseResult] = {}
@@ -468,8 +468,8 @@ def _train_unit(run: _Run, u: _Unit) -> tuple[list[dict[str, Any]], tuple[str, .
     recipe, p = run.recipe, u.phase
     _set_bits(run, p)
     before = run.units[u.index - 1].phase if u.index > 0 else None
-    if recipe.mode == "fixed" and (p.act_bits, p.weight_bits) != ((before.act_bits, before.weight_bits) if before
-                                                                   else (None, None)):
+    bits_before = (before.act_bits, before.weight_bits) if before is not None else (None, None)
+    if recipe.mode == "fixed" and (p.act_bits, p.weight_bits) != bits_before:
         _calibrate_for_phase(run.model, run.ema, run.train_loader, recipe, epoch=u.epoch_offset)
     if u.index == run.first_todo and run.restored is not None and recipe.has("teacher_train_mode"):
         _restore_teacher(run, u)

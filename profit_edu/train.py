@@ -166,8 +166,6 @@ class History(list):
         return [record.get(key) for record in self]
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
@@ -190,7 +188,7 @@ def _train_epoch(
         x, y = x.to(device, non_blocking=True, memory_format=_memory_format(config)), y.to(device, non_blocking=True)
         logits = run_forward(x)
         loss = _loss(logits, y, x, teacher, config)
-        value = _finite(loss, epoch, step, last_good, config)
+        value = _loss_value(loss, epoch, step, last_good, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip is not None:
@@ -198,7 +196,8 @@ def _train_epoch(
         optimizer.step()
         if ema is not None:
             ema.update(model)
-        n, steps, loss_sum = n + y.numel(), steps + 1, loss_sum + value * y.numel()
+        n, steps = n + y.numel(), steps + 1
+        loss_sum += value * y.numel()
         correct += _correct_topk(logits.detach(), y, 1)
         if config.progress:
             bar.set_postfix(loss=f"{value:.3f}")
@@ -306,7 +305,7 @@ def _loss(logits: Tensor, y: Tensor, x: Tensor, teacher: nn.Module | None, confi
     return loss
 
 
-def _finite(loss: Tensor, epoch: int, step: int, last_good: str, config: TrainConfig) -> float:
+def _loss_value(loss: Tensor, epoch: int, step: int, last_good: str, config: TrainConfig) -> float:
     """The loss as a float; :class:`DivergenceError` when it is NaN or infinite."""
     value = loss.item()
     if not math.isfinite(value):
