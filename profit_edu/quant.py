@@ -66,6 +66,7 @@ __all__ = [
     "num_steps",
     "pact",
     "round_ste",
+    "sample_values",
 ]
 
 Mode = Literal["signed", "unsigned", "hswish"]
@@ -429,7 +430,8 @@ def clip_range(x: Tensor, mode: str) -> float:
     return float((x + HSWISH_OFFSET).max() if mode == "hswish" else x.max())
 
 
-def _sample(x: Tensor, max_samples: int, seed: int) -> Tensor:
+def sample_values(x: Tensor, max_samples: int = MSE_MAX_SAMPLES, seed: int = 0) -> Tensor:
+    """``x`` flattened, or a seeded random sample (with replacement) of ``max_samples`` of its values if larger."""
     flat = x.detach().reshape(-1).float()
     if flat.numel() <= max_samples:
         return flat
@@ -478,7 +480,7 @@ def mse_clip(
         raise ValueError(f"cannot choose a clip: {bad} of {x.numel()} values are NaN or inf")
     if not high > 0:
         return 1e-3
-    v = _sample(x, max_samples, seed)
+    v = sample_values(x, max_samples, seed)
 
     def err(t: float) -> float:
         return float((quantize(v, t) - v).pow_(2).mean())
