@@ -19,7 +19,7 @@ from torch import Tensor
 from .grid import HSWISH_OFFSET
 
 __all__ = ["ACT_INIT_PERCENTILE", "MSE_CANDIDATES", "MSE_MAX_SAMPLES", "WEIGHT_INIT_FRACTION", "act_init_value",
-           "clip_range", "mse_clip"]
+           "clip_range", "mse_clip", "sample_values"]
 
 WEIGHT_INIT_FRACTION = 0.9  # a = c = 0.9 * max|W| (official code)
 ACT_INIT_PERCENTILE = 0.95  # a = c = 95th percentile of the init quantity (official: eps = 0.05)
@@ -81,7 +81,8 @@ def clip_range(x: Tensor, mode: str) -> float:
     return float((x + HSWISH_OFFSET).max() if mode == "hswish" else x.max())
 
 
-def _sample(x: Tensor, max_samples: int, seed: int) -> Tensor:
+def sample_values(x: Tensor, max_samples: int = MSE_MAX_SAMPLES, seed: int = 0) -> Tensor:
+    """``x`` flattened, or a seeded random sample (with replacement) of ``max_samples`` of its values if larger."""
     flat = x.detach().reshape(-1).float()
     if flat.numel() <= max_samples:
         return flat
@@ -131,7 +132,7 @@ def mse_clip(
         raise ValueError(f"cannot choose a clip: {bad} of {x.numel()} values are NaN or inf")
     if not high > 0:
         return 1e-3
-    v = _sample(x, max_samples, seed)
+    v = sample_values(x, max_samples, seed)
 
     def err(t: float) -> float:
         return float((quantize(v, t) - v).pow_(2).mean())

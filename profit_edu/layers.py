@@ -30,7 +30,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .clip_init import MSE_MAX_SAMPLES, clip_range
+from .clip_init import clip_range, sample_values
 from .grid import _check_mode, check_bits
 from .quant import Quantizer, make_quantizer
 
@@ -382,10 +382,10 @@ def _as_batches(data: Tensor | Iterable[Tensor] | Iterable[tuple[Tensor, ...]]) 
 class _Collector:
     """What calibration keeps of one quantizer's input: a bounded random sample of all batches and its range."""
 
-    def __init__(self, name: str, seed: int) -> None:
-        self.name, self.seed = name, seed
+    def __init__(self, name: str, seed: int, *, keep_first: bool) -> None:
+        self.name, self.seed, self.keep_first = name, seed, keep_first
         self.samples: list[Tensor] = []
-        self.first: Tensor | None = None  # the whole first batch (the official percentile rule uses only it)
+        self.first: Tensor | None = None  # the whole first batch: the official percentile rule uses only it
         self.high = -math.inf
 
     def add(self, v: Tensor, mode: str) -> None:
@@ -394,14 +394,10 @@ class _Collector:
         if bad:
             raise ValueError(f"calibration: the input of {self.name} has {bad} NaN or inf values (of {v.numel()}); "
                              "check the images and the float model")
-        if self.first is None:
+        if self.keep_first and self.first is None:
             self.first = v
         self.high = max(self.high, clip_range(v, mode))
-        flat = v.reshape(-1)
-        if flat.numel() > MSE_MAX_SAMPLES:
-            gen = torch.Generator().manual_seed(self.seed + len(self.samples))
-            flat = flat[torch.randint(flat.numel(), (MSE_MAX_SAMPLES,), generator=gen).to(flat.device)]
-        self.samples.append(flat)
+        self.samples.append(sample_values(v, seed=self.seed + len(self.samples)))
 
 
 @torch.no_grad()
@@ -456,7 +452,7 @@ def calibrate(
         if q.bits is None:
             continue
         col = collectors[name]
-        if col.first is None:
+        if not col.samples:
             raise RuntimeError(f"activation quantizer {name} was not reached by the calibration batches")
         if q.init_style == "reference":
             _init_quantizer(q, col.first, name, keep_learned=keep_learned, cap=m._cap)
@@ -490,7 +486,8 @@ def _collect(model: nn.Module, acts: dict[str, QAct], batches: list[Tensor], *, 
     A ``"reference"``-style quantizer sees its raw input (the official code's hook saw the pre-activation);
     a ``"fixed"`` one sees the activation's output, the tensor it actually quantizes.
     """
-    collectors = {name: _Collector(name, seed) for name in acts}
+    collectors = {name: _Collector(name, seed, keep_first=m.quantizer.init_style == "reference")
+                  for name, m in acts.items()}
     saved_bits = {name: m.quantizer.bits for name, m in acts.items()}
     modes = {m: (m.training, getattr(m, "track_running_stats", None)) for m in model.modules()}
 

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from .clip_init import ACT_INIT_PERCENTILE as ACT_INIT_PERCENTILE  # re-exported: profit_edu.quant.X stays importable
 from .clip_init import MSE_CANDIDATES as MSE_CANDIDATES
 from .clip_init import MSE_MAX_SAMPLES as MSE_MAX_SAMPLES
-from .clip_init import WEIGHT_INIT_FRACTION, act_init_value, clip_range, mse_clip
+from .clip_init import WEIGHT_INIT_FRACTION, act_init_value, clip_range, mse_clip, sample_values
 from .clip_init import InitStyle as InitStyle
 from .grid import HSWISH_OFFSET, MODES, _check_mode, _offset, check_bits, code_range, num_steps
 from .grid import MAX_BITS as MAX_BITS
@@ -57,7 +57,7 @@ from .grid import Mode as Mode
 
 __all__ = ["HSWISH_OFFSET", "MODES", "DuQ", "LSQQuantizer", "PACTQuantizer", "Quantizer", "check_bits", "clip_range",
            "code_range", "duq", "duq_codes", "duq_levels", "inverse_softplus", "lsq", "make_quantizer", "mse_clip",
-           "num_steps", "pact", "round_ste"]
+           "num_steps", "pact", "round_ste", "sample_values"]
 
 
 # --------------------------------------------------------------------------------------------
