@@ -31,6 +31,7 @@ from .common import (
     Ranged,
     bit_width,
     bits_label,
+    check_run_out,
     choose_device,
     device_name,
     ema_part,
@@ -274,6 +275,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .. import checkpoint, data, ledger
     from ..train import TrainConfig, fit
 
+    check_run_out(args.out, inputs=(args.init,))  # before any work: an --out that cannot hold a run costs nothing
     if args.recipe is not None:
         return _train_recipe(args)
     s = _train_settings(args)
