@@ -195,9 +195,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename in (None, tmp):  # name the file meant, not the temporary one
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
     _fsync_dir(path.parent)
 

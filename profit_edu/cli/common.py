@@ -40,6 +40,7 @@ __all__ = [
     "bit_width",
     "bits_label",
     "builder_kwargs",
+    "check_finite_state",
     "check_model_args",
     "check_output_file",
     "check_run_out",
@@ -340,6 +341,19 @@ def check_model_args(model_args: object, source: str) -> dict[str, Any]:
     if "method" in model_args and model_args["method"] not in METHODS:
         raise bad("method", f"one of {', '.join(METHODS)}")
     return model_args
+
+
+def check_finite_state(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights that hold NaN or inf (a diverged run): quantizers initialised from them would be garbage.
+
+    Raises:
+        CLIError: naming the first such tensor and how many of its values are bad.
+    """
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CLIError(f"{source}: {name} holds {bad} NaN or inf values (of {t.numel()}); the run diverged or the "
+                           "file was damaged: start from another run")
 
 
 def builder_kwargs(model_args: dict[str, Any]) -> dict[str, Any]:

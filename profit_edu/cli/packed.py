@@ -32,7 +32,7 @@ from torch import nn
 
 from ..data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from ..packed.program import MAX_INPUT_SIZE, check_channel_values, check_classes, check_input_size
-from ..quant import check_bits
+from ..quant import MAX_BITS, MIN_BITS, check_bits
 from .common import (
     MAX_CLASSES,
     MAX_WIDTH,
@@ -172,11 +172,15 @@ def _read_config(config_path: Path) -> dict[str, Any]:
     if too_big:  # the builder checks the rest; these two would first exhaust memory
         raise ValueError(f"{where}: kwargs num_classes must be at most {MAX_CLASSES} and width_mult at most "
                          f"{MAX_WIDTH:g}, got {classes!r} and {width!r}")
+    for key in ("weight_bits", "act_bits"):
+        try:
+            if config[key] is None:
+                raise ValueError("None")
+            check_bits(config[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: {key} must be an integer bit width in {MIN_BITS}..{MAX_BITS} (a packed model "
+                             f"is fully quantized), got {config[key]!r}") from None
     try:
-        for key in ("weight_bits", "act_bits"):
-            if config[key] is None or check_bits(config[key]) is None:
-                raise ValueError(f"{key} must be an integer bit width in 2..8 (a packed model is fully quantized), "
-                                 f"got {config[key]!r}")
         if "input_size" in config:
             check_input_size(config["input_size"])
         if "mean" in config:

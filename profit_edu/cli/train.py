@@ -31,6 +31,7 @@ from .common import (
     Ranged,
     bit_width,
     bits_label,
+    check_finite_state,
     check_run_out,
     choose_device,
     device_name,
@@ -235,6 +236,7 @@ def _init_from(run: Path, model_args: dict[str, Any]) -> nn.Module:
         state = load_checkpoint(run)
     except CheckpointError as err:
         raise CLIError(f"--init {run}: {err}") from err
+    check_finite_state(state.model_state, f"--init {run}")
     saved = state.meta.get("model_args")
     if not isinstance(saved, dict):
         raise CLIError(f"--init {run}: the checkpoint has no model arguments; was it written by profit-edu train?")

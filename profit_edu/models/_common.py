@@ -93,6 +93,8 @@ def check_images(x: object, weight: Tensor, model: str) -> None:
         TypeError: naming the dtype received and the one accepted (integer pixels must be converted and
             normalised first; a float64 batch must be cast to the model's float32).
     """
+    if isinstance(x, torch.fx.Proxy):  # symbolic tracing (quantize_model finds the h-swish inputs this way)
+        return
     if not isinstance(x, Tensor):
         raise TypeError(f"{model} takes a tensor of images (N, 3, H, W), got {type(x).__name__}")
     if x.dtype == weight.dtype or (x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):

@@ -50,5 +50,5 @@ def test_model_from_args_builds_through_the_registry():
                                     "negative_padding": True}
     model = model_from_args(args)
     assert {m.weight_quant.bits for m in model.modules() if isinstance(m, QConv2d)} == {4}
-    with pytest.raises(CLIError, match=r"unknown model 'resnet50'; one of \['mobilenet_v1'"):
+    with pytest.raises(CLIError, match=r"meta\.model_args\.model must be one of mobilenet_v1, .*got 'resnet50'"):
         model_from_args({**args, "model": "resnet50"})
