@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except ResumeError as err:
         parser.exit(2, f"profit-edu: error: {err}\n(pass the flags of the original run, another --out, or --restart)\n")
     except (CheckpointError, DivergenceError) as err:
-        parser.exit(1, f"profit-edu: error: {err}{_where_to_resume(args, started)}\n")
+        parser.exit(1, f"profit-edu: error: {err}\n")
     except OSError as err:  # disk full, read-only or vanished folder, ...
         parser.exit(1, f"profit-edu: error: {os_error_line(err)}{_where_to_resume(args, started)}\n")
     except ValueError as err:  # the library's checks: their messages name the value and what is allowed
@@ -100,4 +100,5 @@ def _where_to_resume(args: argparse.Namespace, started: float) -> str:
     """For a ``train`` that stopped: ``; the last checkpoint is ...; resume with ...`` (else nothing)."""
     if args.command != "train":
         return ""
-    return "; " + resume_hint(args.out, args.argv, since=started if args.restart else None)
+    # with --restart, older checkpoints in --out belong to the run being replaced (2 s: coarse file-system clocks)
+    return "; " + resume_hint(args.out, args.argv, since=started - 2.0 if args.restart else None)
