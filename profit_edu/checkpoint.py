@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -188,7 +189,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a file name to write", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}~{_host()}~{os.getpid()}~", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}~{_host()}~{os.getpid()}~", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # read-only folder, full disk, no permission: name the file meant
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -471,13 +475,22 @@ def release_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, use_em
     meta["released_from"] = {"checkpoint": str(state.path), "copy": "ema" if use_ema else "model",
                              "sha256": json.loads(state.path.read_text())["tensors"]["sha256"]}
     directory = Path(dst)
-    directory.mkdir(parents=True, exist_ok=True)
-    json_path = _write(directory, state.epoch, _to_saveable(weights, "model"), has_ema=False, bits=state.bits,
-                       config=state.config, meta=meta, history=state.history)
-    tensor_file = json.loads(json_path.read_text())["tensors"]["file"]
-    sums = "".join(f"{hashlib.sha256((directory / f).read_bytes()).hexdigest()}  {f}\n"
-                   for f in (JSON_NAME, tensor_file))
-    atomic_write_bytes(directory / "SHA256SUMS", sums.encode())  # for `sha256sum -c SHA256SUMS`
+    created = directory  # the outermost folder this release creates: removed again if the release fails
+    while not created.parent.exists() and created.parent != created.parent.parent:
+        created = created.parent
+    created = created if not created.exists() else None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        json_path = _write(directory, state.epoch, _to_saveable(weights, "model"), has_ema=False, bits=state.bits,
+                           config=state.config, meta=meta, history=state.history)
+        tensor_file = json.loads(json_path.read_text())["tensors"]["file"]
+        sums = "".join(f"{hashlib.sha256((directory / f).read_bytes()).hexdigest()}  {f}\n"
+                       for f in (JSON_NAME, tensor_file))
+        atomic_write_bytes(directory / "SHA256SUMS", sums.encode())  # for `sha256sum -c SHA256SUMS`
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     return json_path
 
 

@@ -313,6 +313,31 @@ def test_ctrl_c_during_train_says_where_the_checkpoint_is_and_how_to_resume(caps
     assert resumed.status == 0 and "epoch 2/2" in resumed.out and "epoch 1/2" not in resumed.out
 
 
+def test_a_real_sigint_exits_130_with_the_resume_line(tmp_path):
+    """The whole way: SIGINT (what Ctrl-C sends) to a ``python -m profit_edu.cli train`` process."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "profit_edu.cli", "train", *TINY, "--epochs", "50", "--out",
+                              str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "checkpoint.json").exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 130, err
+    assert "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert re.match(r"profit-edu: interrupted; the last checkpoint is .*run/checkpoint\.json \(after epoch \d+\); "
+                    r"resume with the same command: profit-edu train --model mobilenet_v2", line), line
+    assert temporaries(tmp_path) == [] and load_checkpoint(run).epoch >= 0
+
+
 def test_ctrl_c_before_the_first_checkpoint(capsys, work, monkeypatch):
     interrupt_at(monkeypatch, "profit-edu train:")
     refused(cli(capsys, "train", *TINY, "--out", work / "tiny", "--restart"), 130,
@@ -366,6 +391,21 @@ def test_read_only_out_is_refused_before_training(capsys, work, monkeypatch):
         refused(result, 2, rf"--out .*ro/run: cannot write in {re.escape(str(work))} \(Read-only file system\); "
                            "choose a writable location")
     assert "epoch" not in result.out
+
+
+@pytest.mark.parametrize("error", [errno.EROFS, errno.ENOSPC, errno.EACCES])
+@pytest.mark.parametrize("command", ["pack", "release"])
+def test_pack_and_release_onto_a_full_or_read_only_disk(capsys, work, monkeypatch, command, error):
+    def fail(*args, **kwargs):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(tempfile, "mkstemp", fail)  # where every write starts (checkpoint.atomic_write_bytes)
+    argv = ["pack", work / "run", "-o", work / "m2.pqm"] if command == "pack" else \
+        ["release", work / "run", "-o", work / "rel"]
+    prefix = "profit-edu pack: error: " if command == "pack" else "profit-edu: error: "
+    with unchanged(work):
+        refused(cli(capsys, *argv), 2 if command == "pack" else 1,
+                rf"^{prefix}.*(m2\.pqm|rel/epoch-0000-[0-9a-f]{{12}}\.safetensors): {re.escape(os.strerror(error))}$")
 
 
 @pytest.mark.parametrize(("out", "pattern"), [
