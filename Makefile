@@ -1,18 +1,21 @@
 # Two commands are the whole set-up on a fresh machine:
 #   make test   # creates .venv when missing, installs the pinned stack, runs ruff and pytest
 #   make book   # the same environment, then a strict Jupyter Book build into _build/html
+# make install only creates .venv and installs (profit-edu is then .venv/bin/profit-edu).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.profit-edu-installed
 PYTEST_ARGS ?=
 
-.PHONY: test book book-check lint lock bench clean
+.PHONY: install test book book-check lint lock bench clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt -e ".[dev,book]"
 	touch $(STAMP)
+
+install: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

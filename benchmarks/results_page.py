@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,53 @@ from summary import latest_runs, stats  # noqa: E402
 from profit_edu import ledger  # noqa: E402
 
 START, END = "<!-- results-summary:start -->", "<!-- results-summary:end -->"
+QS_START, QS_END = "<!-- quickstart:start -->", "<!-- quickstart:end -->"
 PAGE = ROOT / "benchmarks" / "results" / "README.md"
 SHIPPED_ID = "pretrained/cifar10-mobilenet_v2-w0.5-s2/top1"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of the README's quick start; ``slug`` names its ledger line ``quickstart/<slug>`` (written by
+    ``benchmarks/quickstart.py``), whose top-1 and wall time the README prints beside it."""
+
+    command: str
+    what: str
+    slug: str | None = None
+
+
+QUICKSTART = (
+    Step("profit-edu evaluate data/pretrained/cifar10-mobilenet_v2-w0.5-s2",
+         "the shipped float MobileNet-v2 on the 10,000 CIFAR-10 test images", "evaluate-shipped"),
+    Step("profit-edu train --recipe quick --out runs/quick",
+         "every PROFIT phase from it, 8 -> 4 bits, on 2,000 images (the last phase's top-1 on 500)", "train-quick"),
+    Step("profit-edu evaluate runs/quick", "the W4A4 result and its weight EMA", "evaluate-quick"),
+    Step("profit-edu pack runs/quick -o runs/quick.pqm --onnx runs/quick.onnx",
+         "the packed 4-bit file and its ONNX (QDQ) twin"),
+    Step("profit-edu samples --out runs/samples", "ten CIFAR-10 test images as 32x32 PNG files"),
+    Step("profit-edu run-packed runs/quick.pqm runs/samples/0_airplane.png",
+         "top-5 classes from the integer engine"),
+    Step("profit-edu plan cifar_w4a4", "the full-data protocol behind the results below"),
+)
+
+
+def quickstart(records: list[dict[str, Any]]) -> str:
+    """The README's quick-start block: each command, what it does, and what it printed here (from the ledger)."""
+    ids = newest(records)
+    width = max(len(s.command) for s in QUICKSTART)
+    lines = ["```bash"]
+    for step in QUICKSTART:
+        rec = ids.get(f"quickstart/{step.slug}") if step.slug else None
+        got = ""
+        if rec is not None:
+            figure = f"{rec['value']:.2f} % top-1, " if rec["metric"] == "top1" else ""
+            got = f": {figure}{_duration(rec['wall_s'])}"
+        lines.append(f"{step.command.ljust(width)}  # {step.what}{got}")
+    return "\n".join([*lines, "```"])
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _fmt(value: float, metric: str) -> str:
@@ -106,13 +152,18 @@ def summary(records: list[dict[str, Any]]) -> str:
     return "\n".join(table)
 
 
+def _replace(text: str, start: str, end: str, body: str) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"README.md needs the markers {start} and {end}")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def render(readme: str, records: list[dict[str, Any]]) -> str:
-    """README.md with its summary between the markers replaced."""
-    if START not in readme or END not in readme:
-        raise ValueError(f"README.md needs the markers {START} and {END}")
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{summary(records)}\n{END}{tail}"
+    """README.md with its quick start and its results summary rewritten from ``records``."""
+    readme = _replace(readme, QS_START, QS_END, quickstart(records))
+    return _replace(readme, START, END, summary(records))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,6 +98,7 @@ __all__ = [
     "freeze_count",
     "frozen_for_phase",
     "list_recipes",
+    "load_init",
     "load_recipe",
     "make_tracker",
     "parse_recipe",
@@ -402,6 +403,7 @@ class Recipe:
     teacher: str = "none"
     seed: int = 0
     method: str = "duq"
+    init: str | None = None
     source: RecipeSource | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -422,6 +424,8 @@ class Recipe:
               "'none', 'self', or a torchvision classifier name such as 'resnet101'", self.teacher)
         _need(_is_int(self.seed) and self.seed >= 0, "seed", "an int >= 0", self.seed)
         _need(self.method in METHODS, "method", f"one of {METHODS}", self.method)
+        _need(self.init is None or (isinstance(self.init, str) and self.init != ""), "init",
+              "null, a shipped pretrained name (profit_edu.pretrained.PRETRAINED) or a run directory", self.init)
         if self.mode == "reference" and self.method != "duq":
             raise _FieldError("method", f"mode: reference replays the official DuQ code; method {self.method!r} "
                                         "needs mode: fixed")
@@ -826,6 +830,46 @@ def build_model(recipe: Recipe, *, pretrained: bool = True) -> nn.Module:
     return model
 
 
+def load_init(recipe: Recipe, source: str | os.PathLike | None = None) -> nn.Module:
+    """The recipe's float model with the weights of a trained float run: where quantization starts.
+
+    ``source`` (default: the recipe's ``init``) is the name of a shipped pretrained checkpoint (see
+    :data:`profit_edu.pretrained.PRETRAINED`; sha256-checked) or a ``profit-edu train`` run directory.
+
+    Raises:
+        RecipeError: no source, a source that is not a float run of the recipe's model (every differing field is
+            named), or a checkpoint that does not load.
+    """
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .models._common import stem_stride_for
+    from .pretrained import PRETRAINED, pretrained_dir
+
+    source = recipe.init if source is None else source
+    if source is None:
+        raise RecipeError(f"recipe {recipe.name!r} has no init: pass a run directory or one of {sorted(PRETRAINED)}")
+    path = pretrained_dir(str(source)) if str(source) in PRETRAINED else Path(source)
+    try:
+        state = load_checkpoint(path)
+    except (CheckpointError, FileNotFoundError) as err:
+        raise RecipeError(f"init {source}: {err}") from err
+    saved = state.meta.get("model_args") or {}
+    m = recipe.model
+    want = {"model": m.arch, "num_classes": m.num_classes, "width_mult": m.width_mult, "cifar_stem": m.cifar_stem,
+            "stem_stride": stem_stride_for(m.cifar_stem, m.stem_stride), "weight_bits": None, "act_bits": None}
+    have = {k: saved.get(k) for k in want}
+    if isinstance(have["cifar_stem"], bool) and have["stem_stride"] in (None, 1, 2):
+        have["stem_stride"] = stem_stride_for(have["cifar_stem"], have["stem_stride"])
+    differ = [f"{k}: {have[k]!r} there, {want[k]!r} in the recipe" for k in want if have[k] != want[k]]
+    if differ:
+        raise RecipeError(f"init {source} is not a float run of the recipe's model ({'; '.join(differ)})")
+    model = build_model(recipe, pretrained=False)
+    try:
+        state.restore(model)
+    except CheckpointError as err:
+        raise RecipeError(f"init {source} does not load into the recipe's model: {err}") from err
+    return model
+
+
 def build_teacher(recipe: Recipe) -> nn.Module | None:
     """A frozen torchvision ImageNet classifier for ``teacher: <name>`` (downloads its weights); None for
     ``none`` and ``self`` (:func:`run_recipe` copies the float student after the FP phase for ``self``)."""
@@ -1141,10 +1185,11 @@ def run_recipe(
 ) -> RecipeResult:
     """Train a float model through every phase of a PROFIT recipe, resumably.
 
-    Layout of ``out_dir``: ``recipe.json`` and ``plan.txt``; one subdirectory per phase (``00_fp/``,
-    ``01_a8_bn/``, ...) holding :func:`~profit_edu.train.fit`'s checkpoints and, once finished, ``done.json``
-    (history and frozen layers); the sampling phase holds one subdirectory per epoch, each with the tracker's
-    state after it (``aiwq_state.json``);
+    Layout of ``out_dir``: ``recipe.json`` and ``plan.txt``; the final model's checkpoint (a copy of the last
+    phase's, so the run directory is what ``profit-edu evaluate`` and ``pack`` take); one subdirectory per phase
+    (``00_fp/``, ``01_a8_bn/``, ...) holding :func:`~profit_edu.train.fit`'s checkpoints and, once finished,
+    ``done.json`` (history and frozen layers); the sampling phase holds one subdirectory per epoch, each with the
+    tracker's state after it (``aiwq_state.json``);
     ``aiwq_ranking.json`` holds the ranking (layer, M, kind), most unstable first. With ``freeze: random``
     ``random_order.json`` holds the drawn order instead; with ``random`` and ``none`` nothing measures AIWQ.
 
@@ -1299,4 +1344,19 @@ def run_recipe(
     if (ranking is None and ranking_file.is_file() and recipe.schedule.profit_bits
             and recipe.schedule.freeze == "aiwq"):
         ranking = _read_ranking(ranking_file)
+    _publish_result(units[-1].directory, out)
     return RecipeResult([results[i] for i in sorted(results)], ranking, model, ema)
+
+
+def _publish_result(last: Path, out: Path) -> None:
+    """Copy the last phase's checkpoint to ``out`` itself, so ``evaluate``, ``pack`` and ``release`` take the run
+    directory as it is (tensor file first, then the JSON that names it: the commit point)."""
+    from .checkpoint import JSON_NAME, atomic_write_bytes
+
+    doc = (last / JSON_NAME).read_bytes()
+    tensor_file = json.loads(doc)["tensors"]["file"]
+    atomic_write_bytes(out / tensor_file, (last / tensor_file).read_bytes())
+    atomic_write_bytes(out / JSON_NAME, doc)
+    for stale in out.glob("epoch-*.safetensors"):
+        if stale.name != tensor_file:
+            stale.unlink(missing_ok=True)

@@ -766,8 +766,19 @@ def make_quantizer(
 ) -> Quantizer:
     """Build a quantizer of ``method`` ("duq", "pact", "lsq") for a point of kind ``mode``.
 
-    PACT and LSQ have no offset grid, so an h-swish point maps to PACT's unsigned grid (negatives lost) and
-    to LSQ's signed grid (half the codes spent on h-swish's [-3/8, 0) range), as in PROFIT's comparison.
+    The baselines get the grid their own papers would choose where one exists, and a fair one where none does:
+
+    * ``"unsigned"`` points (after ReLU/ReLU6): every method's unsigned grid, [0, clip].
+    * ``"signed"`` points (residual-block inputs, weights): a signed grid for every method. PACT's paper quantizes
+      only ReLU outputs, so a signed PACT is this project's extension (symmetric, clip at -alpha and alpha, alpha
+      learning from both tails); clipping the block inputs at 0 instead would throw away half of every residual
+      signal and make PACT a strawman.
+    * ``"hswish"`` points: neither baseline has an offset grid, so PACT keeps its unsigned grid (h-swish's
+      negatives are lost) and LSQ takes its signed grid (half the codes spent on h-swish's [-3/8, 0) range): the
+      two weaknesses PROFIT's Fig. 6 shows, kept on purpose.
+
+    ``init_style="fixed"`` initialises all three the same way (the clip of least quantization error), so a
+    comparison of methods measures how they train, not how they start.
     """
     mode = _check_mode(mode)
     if method == "duq":

@@ -338,9 +338,11 @@ def _score(model: torch.nn.Module, ema: torch.nn.Module | None, loader: Any, dev
 # Ledger bookkeeping
 # --------------------------------------------------------------------------------------------
 def setup_hash(recipe: Recipe | None, init: InitCheckpoint, test: dict[str, Any]) -> str:
-    """12 hex digits naming what makes numbers comparable: the recipe without its seed (None for the float
-    variant), the init's sha256, and the test set. Lines with the same setup differ only by the seed."""
-    doc = {"recipe": None if recipe is None else {k: v for k, v in recipe.to_dict().items() if k != "seed"},
+    """12 hex digits naming what makes numbers comparable: the recipe without its seed and its ``init`` (None for
+    the float variant), the init's sha256 (the checkpoint actually used), and the test set. Lines with the same
+    setup differ only by the seed."""
+    doc = {"recipe": None if recipe is None else {k: v for k, v in recipe.to_dict().items()
+                                                  if k not in ("seed", "init")},
            "init": init.sha256, "test": test}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

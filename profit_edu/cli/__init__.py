@@ -10,6 +10,7 @@ wired in :func:`build_parser`; add new ones, such as ``aiwq``, the same way):
 * :mod:`.plan` - ``plan``: print the phase timeline of a PROFIT recipe (:mod:`profit_edu.profit`);
 * :mod:`.packed` - ``pack``: a trained quantized run -> a packed integer model file; ``run-packed``: classify
   images with it (:mod:`profit_edu.packed`);
+* :mod:`.samples` - ``samples``: a few CIFAR-10 test images as PNG files, to try ``run-packed`` on;
 * :mod:`.common` - what they share: argument types (:class:`~.common.Ranged`), :class:`CLIError`, the device
   choice, the model a run recorded.
 
@@ -32,6 +33,7 @@ from .common import CLIError, os_error_line, resume_hint
 from .evaluate import add_evaluate_parser, add_release_parser, cmd_evaluate, cmd_release
 from .packed import add_pack_commands
 from .plan import add_plan_parser, cmd_plan
+from .samples import add_samples_parser
 from .train import SCALES, TrainScale, add_train_parser, cmd_train
 
 __all__ = ["SCALES", "CLIError", "TrainScale", "build_parser", "cmd_evaluate", "cmd_plan", "cmd_release",
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_parser(commands)
     add_release_parser(commands)
     add_pack_commands(commands)
+    add_samples_parser(commands)
     return parser
 
 
@@ -71,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("profit_edu.data").setLevel(logging.INFO)  # say where decoded data sets are cached
     from ..checkpoint import CheckpointError
     from ..train import DivergenceError, ResumeError
 

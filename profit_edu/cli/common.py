@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shlex
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ __all__ = [
     "SYNTHETIC_FULL",
     "CLIError",
     "Ranged",
+    "add_cifar_root",
+    "apply_cifar_root",
     "bit_width",
     "bits_label",
     "builder_kwargs",
@@ -50,8 +53,10 @@ __all__ = [
     "load_split",
     "model_from_args",
     "os_error_line",
+    "resolve_init",
     "resume_hint",
     "say",
+    "show_progress",
 ]
 
 
@@ -203,7 +208,7 @@ def _check_writable(directory: Path, flag: str, path: Path) -> None:
                        "location") from err
 
 
-def check_run_out(out: Path, flag: str = "--out", *, inputs: tuple[Path | None, ...] = ()) -> None:
+def check_run_out(out: Path, flag: str = "--out", *, inputs: tuple[str | os.PathLike | None, ...] = ()) -> None:
     """Refuse a run directory that is an existing file, one of the run's ``inputs`` (``--init``), or not writable.
 
     Checked before any training, so that a bad ``--out`` costs no epoch. A directory that holds a run is fine here:
@@ -218,8 +223,8 @@ def check_run_out(out: Path, flag: str = "--out", *, inputs: tuple[Path | None, 
     if not ancestor.is_dir():
         what = "is an existing file" if ancestor == out else f"lies under {ancestor}, which is a file"
         raise CLIError(f"{flag} {out} {what}; a run directory is a folder: choose another {flag}")
-    for source in inputs:
-        if source is not None and _same_path(out, source):
+    for source in inputs:  # None: not given; a path that does not exist (a shipped model's name) cannot be hurt
+        if source is not None and Path(source).exists() and _same_path(out, Path(source)):
             raise CLIError(f"{flag} {out} is also the run this one starts from: training there would replace the "
                            f"weights it reads; choose another {flag}")
     _check_writable(ancestor, flag, out)
@@ -412,3 +417,37 @@ def load_split(dataset: str, train: bool, n: int | None, seed: int, *, download:
         return data.synthetic(size, seed=2 * seed + (0 if train else 1)), "synthetic"
     return (data.subset(full, n, seed=seed) if n is not None else full), "cifar10"
 
+
+
+def add_cifar_root(p: argparse.ArgumentParser) -> None:
+    """The ``--cifar-root`` flag (sets ``$PROFIT_EDU_CIFAR10`` for this command)."""
+    from ..data import CIFAR10_ENV
+
+    p.add_argument("--cifar-root", type=Path, default=None, metavar="DIR",
+                   help=f"a folder holding CIFAR-10: train/ and test/ class folders of images, train.tar.gz and "
+                        f"test.tar.gz, or cifar-10-batches-py/ (default: ${CIFAR10_ENV}, else the decode cache and "
+                        "the offline copy)")
+
+
+def apply_cifar_root(args: argparse.Namespace) -> None:
+    """Point the data loaders at ``--cifar-root`` when given (a missing folder is an error now, not later)."""
+    from ..data import CIFAR10_ENV
+
+    root = getattr(args, "cifar_root", None)
+    if root is None:
+        return
+    if not root.is_dir():
+        raise CLIError(f"--cifar-root {root}: no such folder")
+    os.environ[CIFAR10_ENV] = str(root)
+
+
+def show_progress(flag: bool | None) -> bool:
+    """``--progress`` / ``--no-progress``, else on when stderr is a terminal."""
+    return sys.stderr.isatty() if flag is None else flag
+
+
+def resolve_init(init: str | os.PathLike) -> Path:
+    """``--init``: a shipped pretrained name (its verified directory) or a run directory."""
+    from ..pretrained import PRETRAINED, pretrained_dir
+
+    return pretrained_dir(str(init)) if str(init) in PRETRAINED else Path(init)

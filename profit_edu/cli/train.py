@@ -24,11 +24,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data import CIFAR10_ENV
 from ..models import list_models
+from ..pretrained import PRETRAINED
 from .common import (
     DATASET_CHOICES,
     CLIError,
     Ranged,
+    add_cifar_root,
+    apply_cifar_root,
     bit_width,
     bits_label,
     check_finite_state,
@@ -38,7 +42,9 @@ from .common import (
     ema_part,
     load_split,
     model_from_args,
+    resolve_init,
     say,
+    show_progress,
 )
 from .plan import load_recipe
 
@@ -55,6 +61,8 @@ class TrainScale:
         train_images, val_images: class-balanced subset sizes; None: the whole split.
         epochs, batch_size, width_mult, lr, warmup_epochs, ema_decay: the training defaults (``ema_decay`` None:
             no weight EMA).
+        finetune_lr: the default learning rate with ``--init`` (fine-tuning a trained model: at the from-scratch
+            lr, quick-scale W4A4 from the shipped 85 % model fell to 20-37 %).
         stem_stride: None: the builder's default (1 with the CIFAR stem: total stride 8).
         help: one line for ``profit-edu train --help``.
     """
@@ -67,6 +75,7 @@ class TrainScale:
     width_mult: float
     stem_stride: int | None
     lr: float
+    finetune_lr: float
     warmup_epochs: int
     ema_decay: float | None
     help: str
@@ -77,18 +86,18 @@ class TrainScale:
 SCALES: dict[str, TrainScale] = {
     "tiny": TrainScale(
         dataset="synthetic", train_images=256, val_images=128, epochs=1, batch_size=64, width_mult=0.25,
-        stem_stride=2, lr=0.05, warmup_epochs=0, ema_decay=0.9,
+        stem_stride=2, lr=0.05, finetune_lr=0.01, warmup_epochs=0, ema_decay=0.9,
         help="synthetic images made on the fly (256 train, 128 test), 1 epoch, width 0.25, stem stride 2: "
              "checks that the code runs, in seconds"),
     "quick": TrainScale(
         dataset="auto", train_images=2000, val_images=500, epochs=3, batch_size=100, width_mult=0.5,
-        stem_stride=2, lr=0.05, warmup_epochs=1, ema_decay=0.95,
+        stem_stride=2, lr=0.05, finetune_lr=0.002, warmup_epochs=1, ema_decay=0.95,
         help="a class-balanced CIFAR-10 subset (2,000 train, 500 test images), 3 epochs, width 0.5, stem "
              "stride 2: a few minutes on a laptop CPU; without a CIFAR-10 copy it uses synthetic data and "
              "says so"),
     "cifar": TrainScale(
         dataset="cifar10", train_images=None, val_images=None, epochs=30, batch_size=128, width_mult=1.0,
-        stem_stride=None, lr=0.05, warmup_epochs=3, ema_decay=0.999,
+        stem_stride=None, lr=0.05, finetune_lr=0.002, warmup_epochs=3, ema_decay=0.999,
         help="all of CIFAR-10 (50,000 train, 10,000 test images), 30 epochs, width 1.0, stem stride 1: "
              "the book's reported numbers; meant for a GPU"),
 }
@@ -134,8 +143,11 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
             "  profit-edu train --model mobilenet_v2 --scale tiny --out runs/tiny\n"
             "  profit-edu train --model mobilenet_v2 --scale quick --out runs/fp\n"
             "  profit-edu train --model mobilenet_v2 --scale quick --weight-bits 4 --act-bits 4 \\\n"
-            "      --init runs/fp --lr 0.01 --out runs/w4a4\n"
-            "  profit-edu evaluate runs/w4a4"
+            "      --init cifar10-mobilenet_v2-w0.5-s2 --out runs/w4a4     # from the shipped float model\n"
+            "  profit-edu train --recipe quick --out runs/profit-quick      # PROFIT, from the recipe's init\n"
+            "  profit-edu evaluate runs/w4a4\n\n"
+            f"CIFAR-10 is read from --cifar-root DIR, else ${CIFAR10_ENV}, else the decode cache and the offline\n"
+            "copy; without one, --scale quick and --dataset auto train on synthetic images and say so."
         ),
     )
     what = p.add_mutually_exclusive_group(required=True)
@@ -143,10 +155,11 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     what.add_argument("--recipe", metavar="RECIPE",
                       help="instead of --model: run a whole PROFIT schedule from a recipe (a YAML file or a shipped "
                            "name: tiny, quick, mobilenet_v2_w4a4_cifar10, mobilenet_v2_w4a4_imagenet, ...; see "
-                           "'profit-edu plan RECIPE'); only --out, --device, --data-root, --download, --batch-size, "
-                           "--seed, --restart and --progress combine with it")
+                           "'profit-edu plan RECIPE'); only --out, --init, --device, --data-root, --cifar-root, "
+                           "--download, --batch-size, --seed, --restart and --progress combine with it")
     p.add_argument("--data-root", type=Path, default=None, metavar="DIR",
                    help="with --recipe: the ImageNet folder (train/ and val/), overriding the recipe's data.root")
+    add_cifar_root(p)
     p.add_argument("--scale", choices=tuple(SCALES), default="tiny",
                    help="experiment size that sets the defaults below (see above; default: tiny)")
     p.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
@@ -185,12 +198,14 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
                    help="MobileNet-v3 only: pad convs after h-swish with -3/8 in float too (PROFIT's v3)")
     p.add_argument("--device", type=device_name, default=None,
                    help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
-    p.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
-                   help="start from the weights of another run's directory (e.g. a float run before quantizing); "
-                        "its model arguments must match")
+    p.add_argument("--init", default=None, metavar="RUN",
+                   help="start from trained float weights: a run directory, or a shipped pretrained name ("
+                        f"{', '.join(PRETRAINED)}); the model must match. With --recipe it replaces the recipe's "
+                        "init; with --model the learning rate defaults to the scale's fine-tuning lr")
     p.add_argument("--restart", action="store_true",
                    help="ignore (and overwrite) a checkpoint already in --out instead of resuming it")
-    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: on when the output is a terminal)")
     p.add_argument("--compile", action="store_true",
                    help="train through torch.compile: minutes of compilation first, then faster steps (for long runs; "
                         "benchmarks/train_step.py --compile measures the gain on your machine)")
@@ -219,7 +234,7 @@ def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": args.dataset or scale.dataset,
         "train_images": scale.train_images, "val_images": scale.val_images,
         "epochs": epochs, "warmup_epochs": warmup,
-        "lr": args.lr or scale.lr,
+        "lr": args.lr or (scale.finetune_lr if args.init is not None else scale.lr),
         "ema_decay": scale.ema_decay if args.ema_decay is BY_SCALE else args.ema_decay,
         "batch_size": args.batch_size or scale.batch_size,
         "width_mult": args.width_mult or scale.width_mult,
@@ -278,6 +293,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..train import TrainConfig, fit
 
     check_run_out(args.out, inputs=(args.init,))  # before any work: an --out that cannot hold a run costs nothing
+    apply_cifar_root(args)
+    args.progress = show_progress(args.progress)
     if args.recipe is not None:
         return _train_recipe(args)
     s = _train_settings(args)
@@ -313,7 +330,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                            "or --restart to overwrite it")
 
     torch.manual_seed(args.seed)  # the model's random initialisation
-    model = _init_from(args.init, model_args) if args.init is not None else model_from_args(model_args)
+    model = _init_from(resolve_init(args.init), model_args) if args.init is not None else model_from_args(model_args)
     config = TrainConfig(epochs=s["epochs"], lr=s["lr"], weight_decay=args.weight_decay,
                          warmup_epochs=s["warmup_epochs"], ema_decay=s["ema_decay"], seed=args.seed, device=device,
                          progress=args.progress, compile=args.compile, channels_last=args.channels_last)
@@ -351,7 +368,7 @@ def _train_recipe(args: argparse.Namespace) -> int:
     given = [flag for flag, value in (
         ("--epochs", args.epochs), ("--lr", args.lr), ("--weight-bits", args.weight_bits),
         ("--act-bits", args.act_bits), ("--warmup-epochs", args.warmup_epochs), ("--width-mult", args.width_mult),
-        ("--dataset", args.dataset), ("--init", args.init), ("--stem-stride", args.stem_stride),
+        ("--dataset", args.dataset), ("--stem-stride", args.stem_stride),
     ) if value is not None]
     given += ["--ema-decay"] * (args.ema_decay is not BY_SCALE) + ["--negative-padding"] * args.negative_padding
     if given:
@@ -371,7 +388,10 @@ def _train_recipe(args: argparse.Namespace) -> int:
     device = choose_device(args.device)
     torch.manual_seed(recipe.seed)  # the model's random initialisation
     try:
-        model = profit.build_model(recipe)
+        init = args.init if args.init is not None else recipe.init
+        model = profit.load_init(recipe, resolve_init(init)) if init is not None else profit.build_model(recipe)
+        if init is not None:
+            say(f"starting from the float model in {init}")
         teacher = profit.build_teacher(recipe)
         train_loader, val_loader, what = profit.build_loaders(recipe, device=device, download=args.download)
         say(profit.format_plan(recipe))

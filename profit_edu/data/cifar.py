@@ -305,8 +305,10 @@ def _write_cache(path: Path, data: ImageArrays, fingerprint: str) -> None:
     meta = {"format": _CACHE_FORMAT, "fingerprint": fingerprint, "source": data.source,
             "classes": json.dumps(list(data.classes))}  # fmt: skip
     try:
-        atomic_write_bytes(path, save({"images": data.images.contiguous(), "labels": data.labels.contiguous()},
-                                      metadata=meta))
+        blob = save({"images": data.images.contiguous(), "labels": data.labels.contiguous()}, metadata=meta)
+        atomic_write_bytes(path, blob)
+        logger.info("decoded %d CIFAR-10 images once into the cache %s (%.0f MB; $%s moves the cache, deleting it "
+                    "only costs the next decode)", len(data), path, len(blob) / 1e6, CACHE_ENV)
     except OSError as err:
         logger.warning("could not write the decoded cache %s (%s); the next load will decode again", path, err)
 
@@ -436,8 +438,10 @@ def data_banner(fell_back: bool, *, dataset: str = "CIFAR-10") -> str | None:
     if not fell_back:
         return None
     return (
-        f"No {dataset} copy was found (neither the offline copy nor a download), so this chapter uses "
+        f"No {dataset} copy was found (neither the offline copy nor a download), so this runs on "
         "synthetic data: random images whose labels follow a simple hidden rule. The code paths and "
         "the shapes of the curves are real; the accuracies are not comparable to real "
-        f"{dataset} numbers."
+        f"{dataset} numbers. To use {dataset}: set ${CIFAR10_ENV} to a folder holding train/ and test/ class "
+        f"folders, train.tar.gz and test.tar.gz, or {_PYTHON_FOLDER}/ (profit-edu: --cifar-root DIR), or "
+        "download it (profit-edu train --download; data.cifar10(download=True))."
     )

@@ -113,18 +113,18 @@ def test_committed_ledger_lines_are_complete():
         assert not missing, f"ledger line {rec.get('id')} lacks {missing}"
 
 
-def test_readme_results_table_comes_from_the_ledger():
+def test_readme_and_results_page_come_from_the_ledger():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_table.py"), "--check"],
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "results_page.py"), "--check"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_readme_shows_the_two_commands_first():
     readme = (ROOT / "README.md").read_text()
-    quick = readme.split("## Quick start", 1)[1]
+    quick = readme.split("## Install and test", 1)[1]
     commands = [line.split("#")[0].strip() for line in quick.split("```", 2)[1].splitlines()[1:] if line.strip()]
     assert commands == ["make test", "make book"]
     assert "make test" in (ROOT / ".ci" / "run").read_text()

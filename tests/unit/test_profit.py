@@ -27,6 +27,7 @@ from profit_edu.profit import (
     freeze_count,
     frozen_for_phase,
     list_recipes,
+    load_init,
     load_recipe,
     make_tracker,
     parse_recipe,
@@ -86,6 +87,43 @@ def test_every_shipped_recipe_loads_and_names_match_files():
         recipe = load_recipe(name)
         assert recipe.name == name and recipe.version == 1
         assert expand_phases(recipe)
+
+
+def test_cifar_protocol_recipes_validate_and_plan():
+    """The CPU-sized full-CIFAR protocol: five epochs at W4A4, six at W3A3 (weights 4 -> 3), from the shipped model."""
+    for name, phases in (("cifar_w4a4", ["a4_ft", "w4_sampling", "w4_ft1", "w4_ft2", "w4_ft3"]),
+                         ("cifar_w3a3", ["a3_ft", "w4_ft", "w3_sampling", "w3_ft1", "w3_ft2", "w3_ft3"])):
+        recipe = load_recipe(name)
+        assert [p.name for p in expand_phases(recipe)] == phases
+        assert recipe.data.dataset == "cifar10" and recipe.data.train_images is None  # all of CIFAR-10
+        assert recipe.train.lr == 0.002 and recipe.mode == "fixed" and recipe.teacher == "self"
+        plan = format_plan(recipe)
+        assert f"total: {len(phases)} phases, {len(phases)} epochs" in plan and "34 of 52 (2/3)" in plan
+    assert load_recipe("quick").init == "cifar10-mobilenet_v2-w0.5-s2"
+
+
+def test_load_init_refuses_another_model_before_training(tmp_path):
+    from profit_edu.checkpoint import save_checkpoint
+    from profit_edu.models import get_model
+
+    recipe = load_recipe("tiny")
+    m = recipe.model
+    args = {"model": m.arch, "num_classes": m.num_classes, "width_mult": 0.5, "cifar_stem": m.cifar_stem,
+            "stem_stride": 1, "weight_bits": None, "act_bits": None}
+    net = get_model(m.arch, num_classes=m.num_classes, width_mult=0.5, cifar_stem=True)
+    save_checkpoint(tmp_path / "wide", epoch=0, model=net, meta={"model_args": args})
+    with pytest.raises(RecipeError, match=r"init .*wide is not a float run of the recipe's model \(width_mult: 0.5 "
+                                          r"there, 0.25 in the recipe\)"):
+        load_init(recipe, tmp_path / "wide")
+    with pytest.raises(RecipeError, match="has no init"):
+        load_init(recipe)
+    with pytest.raises(RecipeError, match="no checkpoint"):
+        load_init(recipe, tmp_path / "missing")
+    save_checkpoint(tmp_path / "same", epoch=0, model=get_model(m.arch, num_classes=m.num_classes,
+                                                                 width_mult=m.width_mult, cifar_stem=True),
+                    meta={"model_args": {**args, "width_mult": m.width_mult}})
+    loaded = load_init(recipe, tmp_path / "same")
+    assert not any(isinstance(x, QAct) for x in loaded.modules())
 
 
 def test_inferred_recipes_are_marked():

@@ -407,3 +407,13 @@ def test_lsq_step_follows_its_init_rule_when_bits_change():
     r = LSQQuantizer("signed", 4)
     r.load_state_dict(q.state_dict())
     assert r.step() == pytest.approx(q.step()) and torch.equal(r(x), q(x))
+
+
+def test_baselines_get_a_signed_grid_at_signed_points():
+    """PACT and LSQ keep negative block inputs (a signed grid), and the fixed init gives all methods the same clip."""
+    x = torch.randn(4000, generator=torch.Generator().manual_seed(7))
+    for method in ("duq", "pact", "lsq"):
+        q = make_quantizer(method, "signed", 4)
+        y = q(x).detach()
+        assert q.mode == "signed" and float(y.min()) < 0, method
+        assert (y - x).pow(2).mean().item() < 0.015, method  # 15 signed levels on N(0, 1): MSE about 0.013
