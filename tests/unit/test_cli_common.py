@@ -140,8 +140,10 @@ def test_check_run_out(tmp_path, monkeypatch):
         check_run_out(tmp_path / "file")
     with pytest.raises(CLIError, match=r"^--out .*file/run lies under .*file, which is a file"):
         check_run_out(tmp_path / "file" / "run")
+    (tmp_path / "a").mkdir()
     with pytest.raises(CLIError, match=r"^--out .*a is also the run this one starts from"):
-        check_run_out(tmp_path / "a", inputs=(None, tmp_path / "b" / ".." / "a"))
+        check_run_out(tmp_path / "a", inputs=(None, str(tmp_path / "a" / ".." / "a")))
+    check_run_out(tmp_path / "a", inputs=("cifar10-mobilenet_v2-w0.5-s2",))  # a shipped model's name, not a path
 
     def denied(*args, **kwargs):
         raise OSError(errno.EACCES, os.strerror(errno.EACCES))
