@@ -29,7 +29,9 @@ Tensor keys in the safetensors file carry a prefix that says what they belong to
 *Atomic writes.* Every file is written to a temporary name in the same folder, flushed to disk (fsync) and
 then renamed over the target with ``os.replace``, which is atomic: a reader sees the old file or the new one,
 never half of one. The tensor file gets a new name each epoch and the JSON that points to it is replaced last,
-so a process killed at any instant leaves the previous complete checkpoint loadable.
+so a process killed at any instant leaves the previous complete checkpoint loadable. The temporary name says
+which process writes it (``.checkpoint.json~HOST~PID~xxxx.tmp``), so the next save or load of the directory
+removes what a killed writer left behind, and never the file of a writer still at work.
 
 *Strict loading.* The JSON's format version, the tensor file's size and sha256, the key set and every shape are
 checked; any mismatch raises :class:`CheckpointError` naming the file and the offending key.
@@ -38,12 +40,17 @@ checked; any mismatch raises :class:`CheckpointError` naming the file and the of
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +66,7 @@ from .layers import quantizers
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "JSON_NAME", "Checkpoint", "CheckpointError",
            "atomic_write_bytes", "check_bits_match", "has_checkpoint", "load_checkpoint", "load_state_strict",
-           "quantizer_bits", "release_checkpoint", "save_checkpoint", "teacher_buffers"]
+           "quantizer_bits", "release_checkpoint", "remove_stale_temporaries", "save_checkpoint", "teacher_buffers"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,8 @@ CHECKPOINT_VERSION = 1
 JSON_NAME = "checkpoint.json"
 PREFIXES = ("model", "ema", "momentum", "rng", "extra")
 TEACHER_PREFIX = "teacher."  # extra/teacher.<buffer>: a train-mode teacher's BN statistics
+MAX_JSON_BYTES = 64 * 2**20  # a checkpoint.json is kilobytes (history grows ~300 bytes an epoch); refuse giants
+STALE_AFTER_S = 3600.0  # a temporary file of another machine's writer is left alone for this long
 
 
 class CheckpointError(ValueError):
@@ -91,12 +100,73 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _host() -> str:
+    return re.sub(r"[~/\\]", "_", socket.gethostname()) or "host"
+
+
+# .NAME~HOST~PID~RANDOM.tmp: what atomic_write_bytes writes; .NAME.RANDOM.tmp: what versions before it wrote
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)~(?P<host>[^~]*)~(?P<pid>\d+)~[^~]*\.tmp$")
+_OLD_TEMPORARY = re.compile(r"^\.(checkpoint\.json|epoch-\d+-[0-9a-f]+\.safetensors|SHA256SUMS)\.[a-z0-9_]{8}\.tmp$")
+
+
+def _writer_gone(host: str, pid: int, mtime: float) -> bool:
+    """Whether the process that writes a temporary file is gone (so the file is a leftover to remove)."""
+    if host == _host() and os.name == "posix":
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return True
+        except OSError:  # it exists, as another user's process
+            return False
+        return False
+    return time.time() - mtime > STALE_AFTER_S  # another machine (shared disk): only once it is surely dead
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete the temporary files that killed writers left in ``directory`` (only those of ``name``, if given).
+
+    A file is removed when the process named in it no longer runs on this machine, when it was written on
+    another machine more than an hour ago, or when it has the name that earlier versions gave checkpoint files.
+    Files that cannot be removed (a read-only folder) are left. Returns the paths removed.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.endswith(".tmp") or not entry.is_file(follow_symlinks=False):
+            continue
+        match = _TEMPORARY.match(entry.name)
+        try:
+            if match is not None:
+                if name is not None and match["name"] != name:
+                    continue
+                if not _writer_gone(match["host"], int(match["pid"]), entry.stat().st_mtime):
+                    continue
+            elif name is not None or not _OLD_TEMPORARY.match(entry.name):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted write in %s", len(removed), directory)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the complete new one.
 
     The bytes go to a temporary file in the same folder (same file system, so the rename is atomic), are
     fsync'ed, and the temporary file is renamed over ``path``. On any error the temporary file is removed
-    and ``path`` is left as it was.
+    and ``path`` is left as it was; temporary files of ``path`` that a killed writer left are removed first.
+
+    Raises:
+        IsADirectoryError: ``path`` is a directory (nothing is written).
+        OSError: the folder cannot be created or written (read-only, disk full, ...).
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.txt"
@@ -104,17 +174,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     b'hello'
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file name to write", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path.parent, path.name)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}~{_host()}~{os.getpid()}~", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # read-only folder, full disk, no permission: name the file meant
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename in (None, tmp):  # name the file meant, not the temporary one
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
     _fsync_dir(path.parent)
 
@@ -359,6 +437,7 @@ def _write(directory: Path, epoch: int, tensors: dict[str, Tensor], *, has_ema: 
            bits: Mapping[str, int | None], config: Mapping[str, Any] | None, meta: Mapping[str, Any] | None,
            history: Iterable[Mapping[str, Any]]) -> Path:
     """Write the tensor file, then the JSON that points to it (the commit point); drop older tensor files."""
+    remove_stale_temporaries(directory)  # what a save killed earlier left behind
     blob = safetensors_save(tensors, metadata={"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION)})
     digest = hashlib.sha256(blob).hexdigest()
     file_name = _tensor_file_name(epoch, digest)
@@ -383,7 +462,8 @@ def _write(directory: Path, epoch: int, tensors: dict[str, Tensor], *, has_ema: 
     return json_path
 
 
-def release_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, use_ema: bool = False) -> Path:
+def release_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, use_ema: bool = False,
+                       overwrite: bool = False) -> Path:
     """Copy a run's last checkpoint to ``dst`` with the model weights only: the form in which one is shipped.
 
     Momentum, RNG states and extra tensors are dropped (they only matter for resuming), and so is the EMA copy,
@@ -392,10 +472,15 @@ def release_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, use_em
     serves ``sha256sum -c``. The result loads with :func:`load_checkpoint` (so ``profit-edu evaluate`` and
     ``--init`` take it) and is a few MB for a small model.
 
+    ``dst`` must not be the run itself, and a ``dst`` that already holds a checkpoint (another run, an earlier
+    release) is replaced only with ``overwrite=True``: a release never destroys a run by accident.
+
     Raises:
-        CheckpointError: ``src`` is not a valid checkpoint, or ``use_ema`` and it holds no EMA weights.
+        CheckpointError: ``src`` is not a valid checkpoint; ``use_ema`` and it holds no EMA weights; ``dst`` is the
+            run's own directory, an existing file, or holds a checkpoint and ``overwrite`` is False.
     """
     state = load_checkpoint(src)
+    _check_release_target(state.path.parent, dst, overwrite=overwrite)
     if use_ema and state.ema_state is None:
         raise CheckpointError(f"{state.path} holds no EMA weights to release (the run had ema_decay none)")
     weights = state.ema_state if use_ema else state.model_state
@@ -403,14 +488,40 @@ def release_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, use_em
     meta["released_from"] = {"checkpoint": str(state.path), "copy": "ema" if use_ema else "model",
                              "sha256": json.loads(state.path.read_text())["tensors"]["sha256"]}
     directory = Path(dst)
-    directory.mkdir(parents=True, exist_ok=True)
-    json_path = _write(directory, state.epoch, _to_saveable(weights, "model"), has_ema=False, bits=state.bits,
-                       config=state.config, meta=meta, history=state.history)
-    tensor_file = json.loads(json_path.read_text())["tensors"]["file"]
-    sums = "".join(f"{hashlib.sha256((directory / f).read_bytes()).hexdigest()}  {f}\n"
-                   for f in (JSON_NAME, tensor_file))
-    atomic_write_bytes(directory / "SHA256SUMS", sums.encode())  # for `sha256sum -c SHA256SUMS`
+    created = directory  # the outermost folder this release creates: removed again if the release fails
+    while not created.parent.exists() and created.parent != created.parent.parent:
+        created = created.parent
+    created = created if not created.exists() else None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        json_path = _write(directory, state.epoch, _to_saveable(weights, "model"), has_ema=False, bits=state.bits,
+                           config=state.config, meta=meta, history=state.history)
+        tensor_file = json.loads(json_path.read_text())["tensors"]["file"]
+        sums = "".join(f"{hashlib.sha256((directory / f).read_bytes()).hexdigest()}  {f}\n"
+                       for f in (JSON_NAME, tensor_file))
+        atomic_write_bytes(directory / "SHA256SUMS", sums.encode())  # for `sha256sum -c SHA256SUMS`
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     return json_path
+
+
+def _check_release_target(run: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Refuse a release into the run's own directory, onto a file, or over a checkpoint without ``overwrite``.
+
+    Raises:
+        CheckpointError: saying which, and what to pass instead.
+    """
+    run, dst = Path(run), Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise CheckpointError(f"{dst} is an existing file; a release is a directory: choose a new directory name")
+    if dst.is_dir() and os.path.samefile(dst, run):
+        raise CheckpointError(f"{dst} is the run being released: writing the copy there would delete its training "
+                              "state (momentum, RNG, EMA); choose another directory")
+    if has_checkpoint(dst) and not overwrite:
+        raise CheckpointError(f"{dst} already holds a checkpoint ({dst / JSON_NAME}); releasing there would replace "
+                              "it: choose another directory, or pass --overwrite (overwrite=True) to replace it")
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,8 +533,22 @@ def has_checkpoint(directory: str | os.PathLike) -> bool:
 
 
 def _json_path(path: str | os.PathLike) -> Path:
+    """The ``checkpoint.json`` of a run directory (or that file itself), checked to be a file of sane size."""
     path = Path(path)
-    return path / JSON_NAME if path.is_dir() else path
+    expected = f"expected a run directory holding {JSON_NAME}, or that file"
+    json_path = path / JSON_NAME if path.is_dir() else path
+    if not json_path.exists():
+        what = f"the directory holds no {JSON_NAME}" if path.is_dir() else "no such file or directory"
+        raise CheckpointError(f"no checkpoint at {path}: {what}; {expected}")
+    if not json_path.is_file():
+        what = "it" if json_path == path else str(json_path)
+        raise CheckpointError(f"no checkpoint at {path}: {what} is not a regular file (a directory, device or pipe); "
+                              f"{expected}")
+    size = json_path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{json_path} has {size:,} bytes, more than a checkpoint's JSON can "
+                              f"({MAX_JSON_BYTES:,}): it is not a profit-edu checkpoint")
+    return json_path
 
 
 def _require(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], source: Path) -> Any:
@@ -438,13 +563,15 @@ def _require(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], so
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read and validate a checkpoint (a run directory or its ``checkpoint.json``). Nothing is unpickled.
 
+    Temporary files that a killed save left in the directory are removed (see :func:`remove_stale_temporaries`).
+
     Raises:
-        CheckpointError: no checkpoint there; broken JSON; another format or version; the tensor file is
+        CheckpointError: no checkpoint there (nothing at the path, a directory without ``checkpoint.json``, a
+            device such as ``/dev/null``); broken or oversized JSON; another format or version; the tensor file is
             missing, truncated or altered (size or sha256 differ); a tensor key has an unknown prefix.
     """
     json_path = _json_path(path)
-    if not json_path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: expected a run directory holding {JSON_NAME}, or that file")
+    remove_stale_temporaries(json_path.parent)  # what a save killed earlier left behind
     try:
         doc = json.loads(json_path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
@@ -467,10 +594,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     tensor_path = json_path.parent / file_name
     if not tensor_path.is_file():
         raise CheckpointError(f"{json_path} points to {tensor_path.name}, which does not exist")
-    blob = tensor_path.read_bytes()
-    if len(blob) != _require(info, "bytes", int, json_path):
-        raise CheckpointError(f"{tensor_path} has {len(blob)} bytes but the checkpoint recorded {info['bytes']}: "
+    size = tensor_path.stat().st_size  # compared before reading: a replaced giant file is never read in
+    if size != _require(info, "bytes", int, json_path):
+        raise CheckpointError(f"{tensor_path} has {size} bytes but the checkpoint recorded {info['bytes']}: "
                               "the file is truncated or was replaced")
+    blob = tensor_path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != _require(info, "sha256", str, json_path):
         raise CheckpointError(f"{tensor_path}: sha256 does not match the one recorded in {json_path.name}: "
                               "the file is corrupted or was replaced")

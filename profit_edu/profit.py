@@ -45,6 +45,8 @@ from .recipe import (
     parse_recipe,
     recipe_path,
 )
+from .recipe import MAX_RECIPE_BYTES as MAX_RECIPE_BYTES
+from .recipe import MAX_RECIPE_VALUES as MAX_RECIPE_VALUES
 from .recipe import SECTIONS as SECTIONS
 from .recipe import RecipeSource as RecipeSource
 from .schedule import PHASE_KINDS as PHASE_KINDS

@@ -87,8 +87,8 @@ def _check_positive_scalar(v: object, name: str, like: Tensor) -> Tensor:
         raise ValueError(f"{name} must be a scalar (one value per tensor, as in DuQ), got shape {tuple(t.shape)}")
     if not t.is_floating_point():
         raise TypeError(f"{name} must be floating point, got dtype {t.dtype}")
-    if not bool(t.detach() > 0):
-        raise ValueError(f"{name} must be > 0 (DuQ keeps it positive through softplus), got {float(t):g}")
+    if not bool((t.detach() > 0) & torch.isfinite(t.detach())):  # one check, one device sync
+        raise ValueError(f"{name} must be finite and > 0 (DuQ keeps it positive through softplus), got {float(t):g}")
     return t
 
 

@@ -389,12 +389,71 @@ SECTIONS: dict[str, type] = {"model": ModelSpec, "data": DataSpec, "train": Opti
                              "aiwq": AIWQSpec}
 
 
+MAX_RECIPE_BYTES = 2**20  # shipped recipes are 1-3 kB
+MAX_RECIPE_VALUES = 10_000  # keys, items and values after expanding aliases; shipped recipes have about 100
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map", "merge")}
+
+
+def _yaml_error(err: yaml.YAMLError, path: str) -> RecipeError:
+    """A PyYAML error (several lines, with a code excerpt) as one line: ``file:line:column: the problem``."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is None or problem is None:
+        return RecipeError(f"{path}: not valid YAML: {' '.join(str(err).split())}")
+    context = getattr(err, "context", None)
+    return RecipeError(f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}"
+                       + (f" ({context})" if context else ""))
+
+
+def _check_nodes(root: yaml.Node, path: str) -> None:
+    """Refuse what a recipe never needs before anything is expanded: tags other than plain values (no
+    ``!!python/...``), aliases that refer to themselves, and aliases that expand past :data:`MAX_RECIPE_VALUES`.
+
+    Each node's expanded size is computed once (aliases share nodes), so a file of nested aliases that would
+    expand to billions of values is refused after visiting the few nodes it has.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        line = f"{path}:{node.start_mark.line + 1}"
+        if id(node) in open_nodes:
+            raise RecipeError(f"{line}: a YAML alias refers to the value that contains it (a recursive alias)")
+        if node.tag.startswith("tag:yaml.org,2002:python/"):
+            raise RecipeError(f"{line}: the tag !!{node.tag.split(':', 2)[-1]} would build a Python object; a recipe "
+                              "holds plain values only (numbers, strings, lists, mappings)")
+        if node.tag not in _PLAIN_TAGS:
+            raise RecipeError(f"{line}: tag {node.tag!r} is not allowed in a recipe; a recipe holds plain values only "
+                              "(numbers, strings, true/false, null, lists, mappings)")
+        open_nodes.add(id(node))
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_RECIPE_VALUES:
+                raise RecipeError(f"{line}: the recipe expands to more than {MAX_RECIPE_VALUES:,} values (each YAML "
+                                  "alias *name repeats its anchor's whole value); write the values out instead")
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root)
+
+
 def _line_map(text: str, path: str) -> dict[tuple, int]:
-    """The 1-based line of every key and list item, by key path; rejects duplicate keys."""
+    """The 1-based line of every key and list item, by key path; rejects duplicate keys, tags other than plain
+    values, and aliases that expand past :data:`MAX_RECIPE_VALUES` (checked before anything is expanded)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+        raise _yaml_error(err, path) from err
+    except RecursionError as err:
+        raise RecipeError(f"{path}: not valid YAML for a recipe: nested too deeply") from err
+    if root is not None:
+        _check_nodes(root, path)
     lines: dict[tuple, int] = {}
 
     def walk(node: yaml.Node, keys: tuple) -> None:
@@ -451,7 +510,10 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         RecipeError: invalid YAML, duplicate or unknown keys, or a value outside its range, with ``file:line``.
     """
     lines = _line_map(text, source)
-    data = yaml.safe_load(text)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:  # _line_map already refused what compose sees; this is a constructor's problem
+        raise _yaml_error(err, source) from err
     src = RecipeSource(source, lines)
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping with version, name, model, data, train, schedule")
@@ -489,7 +551,19 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
 
     Raises:
         FileNotFoundError: no such file or shipped recipe.
-        RecipeError: the recipe is invalid (the message names the file and line).
+        RecipeError: the recipe is invalid, not UTF-8, or larger than a recipe can be (the message names the file
+            and line).
     """
     path = recipe_path(name_or_path)
-    return parse_recipe(path.read_text(encoding="utf-8"), str(path))
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: {size:,} bytes is not a recipe (they are a few kB; the limit is "
+                          f"{MAX_RECIPE_BYTES:,})")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise RecipeError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); save "
+                          "the recipe as UTF-8") from None
+    return parse_recipe(text, str(path))

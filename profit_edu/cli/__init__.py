@@ -15,6 +15,10 @@ wired in :func:`build_parser`; add new ones, such as ``aiwq``, the same way):
   choice, the model a run recorded.
 
 Only the command line (and the book's plotting helpers) print; the library logs.
+
+Every failure ends in one line on stderr, never a traceback (``-v`` shows the traceback of an unexpected
+``ValueError``): exit 2 for a bad request, 1 for a damaged input, a failed write or a library error, 130 for Ctrl-C.
+An interrupted or failed ``train`` says where its last checkpoint is and which command resumes it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import sys
 import time
 
 from .. import __version__
-from .common import CLIError
+from .common import CLIError, os_error_line, resume_hint
 from .evaluate import add_evaluate_parser, add_release_parser, cmd_evaluate, cmd_release
 from .packed import add_pack_commands
 from .plan import add_plan_parser, cmd_plan
@@ -74,14 +78,31 @@ def main(argv: list[str] | None = None) -> int:
     from ..checkpoint import CheckpointError
     from ..train import DivergenceError, ResumeError
 
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     try:
         status = args.handler(args)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"profit-edu: interrupted{_where_to_resume(args, started)}\n")
+        return 130
     except CLIError as err:
         parser.exit(2, f"profit-edu: error: {err}\n")
     except ResumeError as err:
         parser.exit(2, f"profit-edu: error: {err}\n(pass the flags of the original run, another --out, or --restart)\n")
     except (CheckpointError, DivergenceError) as err:
         parser.exit(1, f"profit-edu: error: {err}\n")
+    except OSError as err:  # disk full, read-only or vanished folder, ...
+        parser.exit(1, f"profit-edu: error: {os_error_line(err)}{_where_to_resume(args, started)}\n")
+    except ValueError as err:  # the library's checks: their messages name the value and what is allowed
+        if args.verbose:
+            raise
+        parser.exit(1, f"profit-edu: error: {err}\n")
     logging.getLogger(__name__).info("finished in %.1f s", time.perf_counter() - start)
     return status
+
+
+def _where_to_resume(args: argparse.Namespace, started: float) -> str:
+    """For a ``train`` that stopped: ``; the last checkpoint is ...; resume with ...`` (else nothing)."""
+    if args.command != "train":
+        return ""
+    # with --restart, older checkpoints in --out belong to the run being replaced (2 s: coarse file-system clocks)
+    return "; " + resume_hint(args.out, args.argv, since=started - 2.0 if args.restart else None)

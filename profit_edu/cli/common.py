@@ -6,15 +6,23 @@ integer >= 1"), :func:`bit_width` for ``--weight-bits``/``--act-bits`` (checked 
 :func:`profit_edu.quant.check_bits`), :func:`device_name`. A bad value exits with status 2 and a message such as
 ``--epochs: must be an integer >= 1, got '0'``.
 
+Guards that keep a command from destroying a run (:func:`check_run_out`, :func:`check_output_file`), the check of
+the model a checkpoint records (:func:`check_model_args`), and the one-line messages for interrupted and failed
+commands (:func:`resume_hint`, :func:`os_error_line`).
+
 Only the command line prints (:func:`say`); the library logs.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import json
 import math
 import os
+import shlex
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import JSON_NAME, has_checkpoint
 from ..grid import MAX_BITS, MIN_BITS, check_bits
+from ..quant import METHODS
 
 __all__ = [
     "DATASET_CHOICES",
@@ -34,12 +44,18 @@ __all__ = [
     "bit_width",
     "bits_label",
     "builder_kwargs",
+    "check_finite_state",
+    "check_model_args",
+    "check_output_file",
+    "check_run_out",
     "choose_device",
     "device_name",
     "ema_part",
     "load_split",
     "model_from_args",
+    "os_error_line",
     "resolve_init",
+    "resume_hint",
     "say",
     "show_progress",
 ]
@@ -162,8 +178,190 @@ def choose_device(name: str | None) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Where commands write: never over an input, never over a run unless asked
+# --------------------------------------------------------------------------------------------
+RUN_FILES = (JSON_NAME, "SHA256SUMS", "epoch-*.safetensors")  # what a checkpoint directory holds
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file or directory (through links and ``..``)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _run_file(path: Path) -> bool:
+    """Whether ``path`` is one of the files of a run directory (its checkpoint JSON, tensor files, SHA256SUMS)."""
+    return has_checkpoint(path.parent) and any(fnmatch.fnmatch(path.name, pattern) for pattern in RUN_FILES)
+
+
+def _check_writable(directory: Path, flag: str, path: Path) -> None:
+    """Write (and remove) a small file in ``directory``, the nearest existing folder of ``path``, before any work."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".profit-edu-write-test-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise CLIError(f"{flag} {path}: cannot write in {directory} ({err.strerror or err}); choose a writable "
+                       "location") from err
+
+
+def check_run_out(out: Path, flag: str = "--out", *, inputs: tuple[str | os.PathLike | None, ...] = ()) -> None:
+    """Refuse a run directory that is an existing file, one of the run's ``inputs`` (``--init``), or not writable.
+
+    Checked before any training, so that a bad ``--out`` costs no epoch. A directory that holds a run is fine here:
+    ``train`` resumes it, or refuses a run with other settings.
+
+    Raises:
+        CLIError: naming the flag, the path and what to do.
+    """
+    ancestor = out
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        what = "is an existing file" if ancestor == out else f"lies under {ancestor}, which is a file"
+        raise CLIError(f"{flag} {out} {what}; a run directory is a folder: choose another {flag}")
+    for source in inputs:  # None: not given; a path that does not exist (a shipped model's name) cannot be hurt
+        if source is not None and Path(source).exists() and _same_path(out, Path(source)):
+            raise CLIError(f"{flag} {out} is also the run this one starts from: training there would replace the "
+                           f"weights it reads; choose another {flag}")
+    _check_writable(ancestor, flag, out)
+
+
+def check_output_file(path: Path, flag: str, *, inputs: tuple[Path | None, ...] = (), overwrite: bool = False) -> None:
+    """Refuse an output file that is a directory, one of the command's ``inputs``, or part of a run directory.
+
+    A file of a run directory (its ``checkpoint.json``, tensor files, ``SHA256SUMS``) is replaced only with
+    ``overwrite`` (``--overwrite``), and never when that run is an input. Other existing files are replaced, as
+    ``-o`` does everywhere.
+
+    Raises:
+        CLIError: naming the flag, the path and what to do.
+    """
+    if path.is_dir():
+        raise CLIError(f"{flag} {path} is a directory; name the file to write, e.g. {path / 'model.pqm'}")
+    for source in inputs:
+        if source is None:
+            continue
+        if _same_path(path, source) or (source.is_dir() and _same_path(path.parent, source) and _run_file(path)):
+            raise CLIError(f"{flag} {path} is also an input of this command ({source}): writing there would destroy "
+                           f"it; choose another {flag}")
+    if _run_file(path) and not overwrite:
+        raise CLIError(f"{flag} {path} is a file of the run in {path.parent}: writing there would destroy that run; "
+                       "choose another file, or pass --overwrite to replace it")
+
+
+# --------------------------------------------------------------------------------------------
+# Interrupted and failed commands: one line, and how to go on
+# --------------------------------------------------------------------------------------------
+def _without_restart(argv: list[str]) -> list[str]:
+    return [a for a in argv if not (a.startswith("--res") and "--restart".startswith(a))]
+
+
+def resume_hint(out: Path, argv: list[str], *, since: float | None = None) -> str:
+    """Where the newest checkpoint under the run directory ``out`` is, and the command that resumes from it.
+
+    ``since``: ignore checkpoints written before this time (a ``--restart`` run has not replaced them yet).
+    """
+    found = []
+    if out.is_dir():
+        for path in out.rglob(JSON_NAME):
+            try:
+                mtime = path.stat().st_mtime
+            except OSError:
+                continue
+            if since is None or mtime >= since:
+                found.append((mtime, path))
+    if not found:
+        command = "profit-edu " + shlex.join(argv)
+        return f"no checkpoint was written in {out} yet (the first comes after epoch 1); start again with: {command}"
+    path = max(found)[1]
+    try:
+        epoch = f" (after epoch {int(json.loads(path.read_text())['epoch']) + 1})"
+    except (OSError, ValueError, KeyError, TypeError):
+        epoch = ""
+    command = "profit-edu " + shlex.join(_without_restart(argv))
+    return f"the last checkpoint is {path}{epoch}; resume with the same command: {command}"
+
+
+def os_error_line(err: OSError) -> str:
+    """``FILE: No space left on device``: an OSError in one line (the file, when known, and the system's words)."""
+    what = err.strerror or str(err) or type(err).__name__
+    if err.filename is not None and err.filename2 is not None:
+        return f"{err.filename} -> {err.filename2}: {what}"
+    return f"{err.filename}: {what}" if err.filename is not None else what
+
+
+# --------------------------------------------------------------------------------------------
 # The model a run recorded
 # --------------------------------------------------------------------------------------------
+MODEL_ARG_KEYS = ("model", "num_classes", "width_mult", "cifar_stem", "stem_stride", "weight_bits", "act_bits")
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; more in a checkpoint is an edit that would exhaust memory
+MAX_WIDTH = 4.0  # the widest MobileNet ever trained is 1.4; a wider one would not fit memory at ImageNet size
+
+
+def check_model_args(model_args: object, source: str) -> dict[str, Any]:
+    """Check a run's ``meta["model_args"]`` (which a user can edit) before building anything from it.
+
+    Raises:
+        CLIError: ``"{source}: meta.model_args.weight_bits must be ..., got 9"``: the field, what is allowed and the
+            value found; or a missing field.
+    """
+    from ..models import list_models
+
+    where = f"{source}: meta.model_args"
+    if not isinstance(model_args, dict):
+        raise CLIError(f"{where} is missing or not an object (got {type(model_args).__name__}); was the checkpoint "
+                       "written by 'profit-edu train'?")
+    missing = [k for k in MODEL_ARG_KEYS if k not in model_args]
+    if missing:
+        raise CLIError(f"{where} lacks {', '.join(missing)}: the checkpoint was edited or is not from 'profit-edu "
+                       f"train' (it needs {', '.join(MODEL_ARG_KEYS)})")
+
+    def bad(key: str, allowed: str) -> CLIError:
+        return CLIError(f"{where}.{key} must be {allowed}, got {model_args[key]!r} (the checkpoint was edited or "
+                        "damaged)")
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if model_args["model"] not in list_models():
+        raise bad("model", f"one of {', '.join(list_models())}")
+    if not (is_int(model_args["num_classes"]) and 1 <= model_args["num_classes"] <= MAX_CLASSES):
+        raise bad("num_classes", f"an integer in 1..{MAX_CLASSES}")
+    width = model_args["width_mult"]
+    if not (isinstance(width, (int, float)) and not isinstance(width, bool) and math.isfinite(width)
+            and 0 < width <= MAX_WIDTH):
+        raise bad("width_mult", f"a number in (0, {MAX_WIDTH:g}]")
+    for key in ("cifar_stem", "negative_padding"):
+        if key in model_args and not isinstance(model_args[key], bool):
+            raise bad(key, "true or false")
+    if model_args["stem_stride"] not in (None, 1, 2) or isinstance(model_args["stem_stride"], bool):
+        raise bad("stem_stride", "1, 2 or null (the builder's default)")
+    for key in ("weight_bits", "act_bits"):
+        if model_args[key] is not None and not (is_int(model_args[key]) and MIN_BITS <= model_args[key] <= MAX_BITS):
+            raise bad(key, f"an integer bit width in {MIN_BITS}..{MAX_BITS}, or null (float)")
+    if "method" in model_args and model_args["method"] not in METHODS:
+        raise bad("method", f"one of {', '.join(METHODS)}")
+    return model_args
+
+
+def check_finite_state(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights that hold NaN or inf (a diverged run): quantizers initialised from them would be garbage.
+
+    Raises:
+        CLIError: naming the first such tensor and how many of its values are bad.
+    """
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CLIError(f"{source}: {name} holds {bad} NaN or inf values (of {t.numel()}); the run diverged or the "
+                           "file was damaged: start from another run")
+
+
 def builder_kwargs(model_args: dict[str, Any]) -> dict[str, Any]:
     """The builder's keyword arguments from a run's ``meta["model_args"]`` (``negative_padding`` only when on)."""
     kwargs = {"num_classes": model_args["num_classes"], "width_mult": model_args["width_mult"],
@@ -173,17 +371,18 @@ def builder_kwargs(model_args: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def model_from_args(model_args: dict[str, Any]) -> nn.Module:
-    """Build (and quantize) the model that a run's ``meta["model_args"]`` describes.
+def model_from_args(model_args: dict[str, Any], source: str = "the checkpoint") -> nn.Module:
+    """Build (and quantize) the model that a run's ``meta["model_args"]`` describes (checked first).
 
     ``method`` (the quantizer: duq, pact or lsq) is recorded by recipe runs; plain ``train`` runs use DuQ.
 
     Raises:
-        CLIError: an unknown model name.
+        CLIError: a missing field or a value outside its range (:func:`check_model_args`), an unknown model name.
     """
     from ..layers import quantize_model
     from ..models import get_model
 
+    check_model_args(model_args, source)
     try:
         model = get_model(model_args["model"], **builder_kwargs(model_args))
     except ValueError as err:

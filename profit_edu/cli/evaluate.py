@@ -22,6 +22,7 @@ from .common import (
     CLIError,
     Ranged,
     bits_label,
+    check_model_args,
     choose_device,
     device_name,
     load_split,
@@ -72,6 +73,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not isinstance(model_args, dict):
         raise CLIError(f"{args.checkpoint}: the checkpoint has no model arguments; was it written by "
                        "'profit-edu train'? (library runs can be evaluated with profit_edu.train.evaluate)")
+    check_model_args(model_args, str(state.path))
     run_data = state.meta.get("data", {})
     dataset = args.dataset or run_data.get("dataset", "cifar10")
     n = args.images if args.images is not None else run_data.get("val_subset")
@@ -80,7 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     test, used = load_split(dataset, False, n, seed)
 
     torch.manual_seed(0)
-    model = model_from_args(model_args)
+    model = model_from_args(model_args, str(state.path))
     ema_model = ModelEMA(model).module if state.ema_state is not None else None
     state.restore(model, ema_model=ema_model)
     model.to(device)
@@ -147,6 +149,9 @@ def add_release_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="a run directory written by train --out")
     p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="where to write the copy")
     p.add_argument("--ema", action="store_true", help="release the EMA weights instead of the model's")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoint that DIR already holds (without it, a DIR holding one is refused; "
+                        "the run's own directory always is)")
     p.set_defaults(handler=cmd_release)
 
 
@@ -154,7 +159,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     """Run ``profit-edu release``."""
     from ..checkpoint import release_checkpoint
 
-    path = release_checkpoint(args.run, args.out, use_ema=args.ema)
+    path = release_checkpoint(args.run, args.out, use_ema=args.ema, overwrite=args.overwrite)
     doc = json.loads(path.read_text())
     say(f"released {args.run} ({'EMA' if args.ema else 'model'} weights, epoch {doc['epoch'] + 1}) to {path.parent}: "
         f"{doc['tensors']['file']}, {doc['tensors']['bytes']:,} bytes, sha256 {doc['tensors']['sha256']}")

@@ -35,6 +35,8 @@ from .common import (
     apply_cifar_root,
     bit_width,
     bits_label,
+    check_finite_state,
+    check_run_out,
     choose_device,
     device_name,
     ema_part,
@@ -249,6 +251,7 @@ def _init_from(run: Path, model_args: dict[str, Any]) -> nn.Module:
         state = load_checkpoint(run)
     except CheckpointError as err:
         raise CLIError(f"--init {run}: {err}") from err
+    check_finite_state(state.model_state, f"--init {run}")
     saved = state.meta.get("model_args")
     if not isinstance(saved, dict):
         raise CLIError(f"--init {run}: the checkpoint has no model arguments; was it written by profit-edu train?")
@@ -289,6 +292,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .. import checkpoint, data, ledger
     from ..train import TrainConfig, fit
 
+    check_run_out(args.out, inputs=(args.init,))  # before any work: an --out that cannot hold a run costs nothing
     apply_cifar_root(args)
     args.progress = show_progress(args.progress)
     if args.recipe is not None:

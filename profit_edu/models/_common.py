@@ -27,6 +27,7 @@ from ..layers import Conv2dPad
 __all__ = [
     "ConvBNAct",
     "check_builder_args",
+    "check_images",
     "count_macs",
     "count_params",
     "init_weights",
@@ -83,6 +84,26 @@ def check_builder_args(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be a probability in [0, 1), got {dropout}")
     return int(num_classes), float(width_mult), (None if stem_stride is None else int(stem_stride)), float(dropout)
+
+
+def check_images(x: object, weight: Tensor, model: str) -> None:
+    """A MobileNet's input must be a float tensor (N, 3, H, W) of its weights' dtype (or any float under autocast).
+
+    Raises:
+        TypeError: naming the dtype received and the one accepted (integer pixels must be converted and
+            normalised first; a float64 batch must be cast to the model's float32).
+    """
+    if isinstance(x, torch.fx.Proxy):  # symbolic tracing (quantize_model finds the h-swish inputs this way)
+        return
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{model} takes a tensor of images (N, 3, H, W), got {type(x).__name__}")
+    if x.dtype == weight.dtype or (x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
+        return
+    if x.is_floating_point():
+        raise TypeError(f"{model} takes images of its weights' dtype {weight.dtype}, got {x.dtype}: cast them with "
+                        f"x.to({weight.dtype}) (or the model with model.to({x.dtype}))")
+    raise TypeError(f"{model} takes normalised float images of dtype {weight.dtype}, got {x.dtype}: convert integer "
+                    "pixels with x.float() / 255 and normalise them (profit_edu.data's loaders do both)")
 
 
 def stem_stride_for(cifar_stem: bool, stem_stride: int | None) -> int:

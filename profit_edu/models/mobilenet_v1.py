@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import QuantPoint
-from ._common import ConvBNAct, check_builder_args, init_weights, make_divisible, stem_stride_for
+from ._common import ConvBNAct, check_builder_args, check_images, init_weights, make_divisible, stem_stride_for
 
 __all__ = ["DepthwiseSeparable", "MobileNetV1", "mobilenet_v1"]
 
@@ -109,6 +109,7 @@ class MobileNetV1(nn.Module):
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_images(x, self.features[0][0].weight, type(self).__name__)
         x = F.relu6(self.features(x))  # the last pointwise activation, kept float: (N, 1024, H/32, W/32)
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # (N, 1024)
         return self.classifier(self.quant_pool(x))

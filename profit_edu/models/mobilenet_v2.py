@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import QuantPoint
-from ._common import ConvBNAct, check_builder_args, init_weights, make_divisible, stem_stride_for
+from ._common import ConvBNAct, check_builder_args, check_images, init_weights, make_divisible, stem_stride_for
 
 __all__ = ["InvertedResidual", "MobileNetV2", "mobilenet_v2"]
 
@@ -133,6 +133,7 @@ class MobileNetV2(nn.Module):
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_images(x, self.features[0][0].weight, type(self).__name__)
         *body, last_conv = self.features
         for stage in body:
             x = stage(x)

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from ..layers import QuantPoint
 from ..quant import HSWISH_OFFSET
-from ._common import ConvBNAct, check_builder_args, init_weights, make_divisible, stem_stride_for
+from ._common import ConvBNAct, check_builder_args, check_images, init_weights, make_divisible, stem_stride_for
 
 __all__ = ["MobileNetV3", "SqueezeExcitation", "V3Block", "mobilenet_v3_large", "mobilenet_v3_small"]
 
@@ -242,6 +242,7 @@ class MobileNetV3(nn.Module):
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_images(x, self.features[0][0].weight, type(self).__name__)
         *body, last_conv = self.features
         for stage in body:
             x = stage(x)

@@ -51,6 +51,8 @@ from .program import (
     SEMul,
     TensorSpec,
     UnsupportedModelError,
+    check_channel_values,
+    check_input_size,
     check_program,
 )
 
@@ -453,6 +455,8 @@ def to_program(
     Raises:
         UnsupportedModelError: the model is not a supported quantized MobileNet (the message says what to change).
         UnsupportedBitsError, AccumulatorOverflowError: from :func:`~profit_edu.packed.program.check_program`.
+        ValueError: ``input_size`` is not an int (or two) in 1..4096, or ``mean``/``std`` are not 3 finite numbers
+            (``std`` > 0), or ``classes`` does not hold one name per output.
     """
     walkers = {MobileNetV1: _walk_v1, MobileNetV2: _walk_v2, MobileNetV3: _walk_v3}
     walker = next((w for cls, w in walkers.items() if isinstance(model, cls)), None)
@@ -463,11 +467,10 @@ def to_program(
         raise UnsupportedModelError(f"{type(model).__name__} is not quantized: call quantize_model(model, weight_bits, "
                                     "act_bits), train or calibrate it, then pack it")
     cifar = _is_cifar_model(model)
-    if input_size is None:
-        input_size = 32 if cifar else 224
-    size = (int(input_size), int(input_size)) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
-    mean = tuple(float(m) for m in (mean if mean is not None else (CIFAR10_MEAN if cifar else IMAGENET_MEAN)))
-    std = tuple(float(s) for s in (std if std is not None else (CIFAR10_STD if cifar else IMAGENET_STD)))
+    size = check_input_size((32 if cifar else 224) if input_size is None else input_size)
+    mean = check_channel_values("mean", mean if mean is not None else (CIFAR10_MEAN if cifar else IMAGENET_MEAN))
+    std = check_channel_values("std", std if std is not None else (CIFAR10_STD if cifar else IMAGENET_STD),
+                               positive=True)
     cv = _Converter(options)
     cv.new("image", TensorSpec("image", options.input_scale, 0.0, -128, 127, 3, 8, "signed"), (3, *size))
     output = walker(cv, model)

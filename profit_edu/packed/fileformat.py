@@ -67,6 +67,7 @@ VERSION = 2  # 1 stored the program JSON uncompressed
 MAX_PROGRAM_BYTES = 16 * 2**20  # a decompressed program larger than this is refused (no zip bombs)
 TENSOR_DTYPES = {"weights": torch.uint8, "bias": torch.int32, "m0": torch.int32, "shift": torch.uint8}
 MAX_HEADER = 64 * 2**20
+MAX_FILE_BYTES = 512 * 2**20  # a packed 4-bit MobileNet is a few MB; a bigger "model" is refused unread
 
 
 class PackedFormatError(ValueError):
@@ -103,7 +104,12 @@ def _op_dict(op: Any, spec: TensorSpec) -> dict[str, Any]:
 
 
 def program_to_json(program: Program) -> tuple[str, dict[str, Tensor]]:
-    """The program's JSON text and its four tensors (see the module docstring)."""
+    """The program's JSON text and its four tensors (see the module docstring).
+
+    Raises:
+        ValueError: an invalid program (:func:`~profit_edu.packed.program.check_program`), e.g. class names that
+            do not fit the model's outputs.
+    """
     check_program(program)
     weights, bias, m0, shift = [], [], [], []
     for op in program.convs():
@@ -358,8 +364,13 @@ def read_packed(blob: bytes, *, source: str = "packed file") -> Program:
             raise PackedFormatError("no __metadata__ in the header: not a profit-edu packed file")
         if meta.get("format") != FORMAT:
             raise PackedFormatError(f"format is {meta.get('format')!r}, expected {FORMAT!r}: not a packed file")
-        if meta.get("version") != str(VERSION):
-            raise PackedFormatError(f"format version {meta.get('version')!r}; this profit-edu reads version {VERSION}"
+        version = meta.get("version")
+        if not isinstance(version, str):
+            raise PackedFormatError(f"__metadata__.version must be a string such as {str(VERSION)!r} (safetensors "
+                                    f"metadata holds strings only), got the {type(version).__name__} {version!r}: "
+                                    "the file was not written by profit-edu pack")
+        if version != str(VERSION):
+            raise PackedFormatError(f"format version {version!r}; this profit-edu reads version {VERSION}"
                                     " only: re-pack the model with this version")
         packed_text, digest = meta.get("program"), meta.get("sha256")
         if not isinstance(packed_text, str) or not isinstance(digest, str):
@@ -380,10 +391,18 @@ def load_packed(path: str | os.PathLike) -> Program:
     """Read a packed file, validate everything (module docstring), and return its program.
 
     Raises:
-        PackedFormatError: missing, truncated, corrupted (SHA-256), wrong format or version, inconsistent file.
+        PackedFormatError: missing or not a regular file, too large, truncated, corrupted (SHA-256), wrong format
+            or version, inconsistent file (class names that do not fit the outputs included).
         UnsupportedBitsError, AccumulatorOverflowError: a program the engine cannot run.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PackedFormatError(f"{path}: no such file")
+    if not path.is_file():
+        raise PackedFormatError(f"{path}: not a regular file (a directory, device or pipe); pass the .pqm file that "
+                                "'profit-edu pack' wrote")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise PackedFormatError(f"{path}: {size:,} bytes, more than a packed model can have ({MAX_FILE_BYTES:,}); "
+                                "not a profit-edu packed file")
     return read_packed(path.read_bytes(), source=str(path))

@@ -62,6 +62,7 @@ from .fixedpoint import M0_MAX, M0_MIN, SHIFT_MAX, SHIFT_MIN
 
 __all__ = [
     "INT32_MAX",
+    "MAX_INPUT_SIZE",
     "AccumulatorOverflowError",
     "Add",
     "Conv",
@@ -73,11 +74,15 @@ __all__ = [
     "TensorSpec",
     "UnsupportedBitsError",
     "UnsupportedModelError",
+    "check_channel_values",
+    "check_classes",
+    "check_input_size",
     "check_program",
     "conv_accumulator_bound",
 ]
 
 INT32_MAX = 2**31 - 1
+MAX_INPUT_SIZE = 4096  # pixels a side: beyond it one image's codes alone take gigabytes
 TENSOR_KINDS = ("image", "codes", "stream", "fine", "gate", "logits")
 ACTS = ("clamp", "hswish")
 
@@ -335,6 +340,52 @@ def _check_conv(op: Conv, spec_in: TensorSpec, spec_out: TensorSpec, shape_in: t
     return (out_ch, oh, ow)
 
 
+def check_input_size(value: object) -> tuple[int, int]:
+    """An input size as (H, W): an int S (for SxS) or two ints, each in 1..:data:`MAX_INPUT_SIZE`.
+
+    Raises:
+        ValueError: anything else (a bool, 0, a negative number, a string, three numbers, ...).
+
+    >>> check_input_size(32), check_input_size([224, 160])
+    ((32, 32), (224, 160))
+    """
+    pair = tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_INPUT_SIZE
+                                 for v in pair):
+        raise ValueError(f"input_size must be an int, or two ints (H, W), in 1..{MAX_INPUT_SIZE}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_channel_values(name: str, value: object, *, positive: bool = False) -> tuple[float, float, float]:
+    """The normalisation ``mean`` or ``std``: three finite numbers, one per RGB channel (``positive``: each > 0).
+
+    Raises:
+        ValueError: naming ``name``, what it must be and the value received.
+    """
+    ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+        for v in value)
+    if not ok:
+        raise ValueError(f"{name} must be 3 finite numbers (R, G, B){', each > 0' if positive else ''}, "
+                         f"got {value!r}")
+    return tuple(float(v) for v in value)  # type: ignore[return-value,union-attr]
+
+
+def check_classes(classes: object, outputs: int) -> None:
+    """Class names: None, or one string per model output, in output order (the engine indexes them by output).
+
+    Raises:
+        ValueError: not a list of strings, or another number of names than ``outputs``.
+    """
+    if classes is None:
+        return
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"classes must be a list of class names (strings), got {classes!r:.80}")
+    if len(classes) != outputs:
+        raise ValueError(f"classes has {len(classes)} names, but the model has {outputs} outputs: give one name per "
+                         "output, in output order (or none)")
+
+
 def check_program(program: Program) -> dict[str, tuple[int, ...]]:
     """Validate a program; return every tensor's per-image shape.
 
@@ -359,11 +410,9 @@ def check_program(program: Program) -> dict[str, tuple[int, ...]]:
         if not (-INT32_MAX <= spec.lo <= spec.hi <= INT32_MAX) or spec.channels < 1:
             raise ValueError(f"tensor {name!r}: need -2**31 < lo <= hi < 2**31 and channels >= 1, got "
                              f"{spec.lo}..{spec.hi}, {spec.channels} channels")
-    h, w = program.input_size
-    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
-        raise ValueError(f"input_size must be two positive ints, got {program.input_size}")
-    if len(program.mean) != 3 or len(program.std) != 3 or min(program.std) <= 0:
-        raise ValueError(f"mean and std must hold 3 numbers with std > 0, got {program.mean}, {program.std}")
+    h, w = check_input_size(program.input_size)
+    check_channel_values("mean", program.mean)
+    check_channel_values("std", program.std, positive=True)
     shapes: dict[str, tuple[int, ...]] = {"image": (3, h, w)}
 
     def read(name: str, where: str) -> tuple[TensorSpec, tuple[int, ...]]:
@@ -424,4 +473,5 @@ def check_program(program: Program) -> dict[str, tuple[int, ...]]:
             raise ValueError(f"unknown operation {op!r}")
     if program.output not in shapes or tensors[program.output].kind != "logits":
         raise ValueError(f"output {program.output!r} must be a 'logits' tensor written by the program")
+    check_classes(program.classes, tensors[program.output].channels)
     return shapes

@@ -94,3 +94,54 @@ def test_bit_flips_are_refused(data):
         pos = data.draw(st.integers(0, hi - 1))
         blob[pos] ^= 1 << data.draw(st.integers(0, 7))
     _loads_or_refuses(bytes(blob))
+
+
+def _with_classes(blob: bytes, classes: object) -> bytes:
+    """The packed file with ``program.classes`` replaced, re-checksummed: a file that passes every byte check."""
+    import base64
+    import json
+    import zlib
+
+    from safetensors.torch import load
+
+    from profit_edu.packed.fileformat import _decompress_program, _digest, _serialize, _split
+
+    meta = _split(blob)[0]["__metadata__"]
+    text = json.dumps(json.loads(_decompress_program(meta["program"])) | {"classes": classes})
+    tensors = load(blob)
+    meta = meta | {"program": base64.b64encode(zlib.compress(text.encode())).decode()}
+    return _serialize(tensors, meta | {"sha256": _digest(text, _split(_serialize(tensors, meta))[1])})
+
+
+@functools.lru_cache(maxsize=1)
+def _outputs() -> int:
+    program = read_packed(_packed_file())
+    return program.tensors[program.output].channels
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(classes=st.one_of(st.none(), st.lists(st.text(max_size=4), max_size=25),
+                         st.lists(st.one_of(st.text(max_size=4), st.integers(), st.none()), max_size=25)))
+def test_class_names_that_do_not_fit_the_outputs_are_refused(classes):
+    """Issue 13: a file whose class list is longer or shorter than the model's outputs (checksum valid) crashed
+    run-packed with an IndexError; now it loads only when every output has exactly one name."""
+    from profit_edu.packed import IntegerEngine
+
+    blob, outputs = _packed_file(), _outputs()
+    try:
+        program = read_packed(_with_classes(blob, classes))
+    except ValueError as err:
+        assert classes is not None and (len(classes) != outputs or not all(isinstance(c, str) for c in classes))
+        assert "classes" in str(err)
+        return
+    assert classes is None or (len(classes) == outputs and program.classes == classes)
+    logits = IntegerEngine(program)(torch.zeros(1, 3, *program.input_size, dtype=torch.int64))
+    assert logits.shape[1] == outputs  # every output index names a class: run-packed can rank them all
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_class_lists_of_exactly_the_right_length_load(data):
+    blob, outputs = _packed_file(), _outputs()
+    names = data.draw(st.lists(st.text(max_size=6), min_size=outputs, max_size=outputs))
+    assert read_packed(_with_classes(blob, names)).classes == names

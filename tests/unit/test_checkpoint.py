@@ -264,3 +264,160 @@ def test_a_save_that_fails_midway_keeps_the_previous_checkpoint_loadable(tmp_pat
     assert c.epoch == 0
     for name, data in before.items():
         assert (tmp_path / name).read_bytes() == data
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 13: what a killed save leaves is removed; a file that is not a checkpoint is named as such
+# --------------------------------------------------------------------------------------------
+def _exited_pid() -> int:
+    """The id of a process that has exited (what a killed writer leaves in its temporary file's name)."""
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def _leftovers(directory, name: str = "checkpoint.json") -> dict[str, object]:
+    host, dead = ck._host(), _exited_pid()
+    paths = {
+        "dead writer": directory / f".{name}~{host}~{dead}~abcd1234.tmp",
+        "earlier version": directory / f".{name}.k2j4h5g6.tmp",
+        "live writer": directory / f".{name}~{host}~{os.getpid()}~live0000.tmp",
+        "other machine, recent": directory / f".{name}~elsewhere~{dead}~abcd1234.tmp",
+        "other machine, old": directory / f".{name}~faraway~{dead}~abcd1234.tmp",
+        "not ours": directory / "notes.tmp",
+    }
+    for p in paths.values():
+        p.write_bytes(b"\0" * 1000)
+    old = paths["other machine, old"]
+    os.utime(old, (old.stat().st_atime - 2 * ck.STALE_AFTER_S, old.stat().st_mtime - 2 * ck.STALE_AFTER_S))
+    return paths
+
+
+def _removed(paths) -> set[str]:
+    return {what for what, p in paths.items() if not p.exists()}
+
+
+@pytest.mark.parametrize("how", ["save", "load"])
+def test_the_next_save_or_load_removes_what_a_killed_save_left(tmp_path, how):
+    net = tiny_qnet()
+    save_checkpoint(tmp_path, epoch=0, model=net)
+    paths = _leftovers(tmp_path)
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.endswith(".tmp")}
+    if how == "save":
+        save_checkpoint(tmp_path, epoch=1, model=net)
+    else:
+        assert load_checkpoint(tmp_path).epoch == 0
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.endswith(".tmp")} == kept
+    assert _removed(paths) == {"dead writer", "earlier version", "other machine, old"}  # a live writer's stays
+
+
+def test_an_atomic_write_removes_only_its_own_leftovers(tmp_path):
+    mine, other = _leftovers(tmp_path, "model.pqm"), _leftovers(tmp_path, "other.pqm")
+    atomic_write_bytes(tmp_path / "model.pqm", b"x")
+    assert _removed(mine) == {"dead writer", "other machine, old"}  # outside a run directory: no old-style names
+    assert _removed(other) == set()
+
+
+def test_a_save_killed_with_sigkill_leaves_a_temporary_file_the_next_load_removes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys, time\n"
+        "from profit_edu import checkpoint\n"
+        "def stall(fd):\n"
+        "    print('writing', flush=True); time.sleep(60)\n"  # the bytes are written; SIGKILL comes now
+        "os.fsync = stall\n"
+        "checkpoint.atomic_write_bytes(sys.argv[1], b'x' * 3_000_000)\n"
+    )
+    net = tiny_qnet()
+    save_checkpoint(tmp_path, epoch=0, model=net)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "checkpoint.json")],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "writing"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+    left = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(left) == 1 and left[0].stat().st_size == 3_000_000  # what the issue found: megabytes left behind
+    assert load_checkpoint(tmp_path).epoch == 0
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_atomic_write_onto_a_directory_writes_nothing(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(IsADirectoryError, match="out"):
+        atomic_write_bytes(tmp_path / "out", b"x")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    target = tmp_path / "f.bin"
+    atomic_write_bytes(target, b"old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        atomic_write_bytes(target, b"new" * 1000)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"] and target.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize(("where", "match"), [
+    ("/dev/null", r"no checkpoint at /dev/null: it is not a regular file \(a directory, device or pipe\)"),
+    ("empty dir", r"the directory holds no checkpoint\.json"),
+    ("json is a dir", r"checkpoint\.json is not a regular file"),
+    ("nowhere", r"nowhere: no such file or directory"),
+])
+def test_paths_that_are_not_checkpoints_are_named(tmp_path, where, match):
+    path = {"/dev/null": "/dev/null", "empty dir": tmp_path, "nowhere": tmp_path / "nowhere",
+            "json is a dir": tmp_path}[where]
+    if where == "json is a dir":
+        (tmp_path / "checkpoint.json").mkdir()
+    if where == "/dev/null" and not os.path.exists("/dev/null"):
+        pytest.skip("no /dev/null here")
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+
+
+def test_oversized_json_and_a_replaced_tensor_file_are_not_read(tmp_path, monkeypatch):
+    net = tiny_qnet()
+    save_checkpoint(tmp_path, epoch=0, model=net)
+    monkeypatch.setattr(ck, "MAX_JSON_BYTES", 100)
+    with pytest.raises(CheckpointError, match=r"bytes, more than a checkpoint's JSON can \(100\)"):
+        load_checkpoint(tmp_path)
+    monkeypatch.undo()
+    tensor_file(tmp_path).write_bytes(b"\0" * 10_000_000)
+    read = []
+    monkeypatch.setattr(type(tmp_path), "read_bytes", lambda self: read.append(self) or b"")
+    with pytest.raises(CheckpointError, match="has 10000000 bytes but the checkpoint recorded"):
+        load_checkpoint(tmp_path)
+    assert read == []  # refused from its size, before reading it
+
+
+def test_release_never_destroys_a_run(tmp_path):
+    _, _, _, run = trained(tmp_path)
+    other = tmp_path / "other"
+    save_checkpoint(other, epoch=0, model=tiny_qnet(1))
+    (tmp_path / "file").write_text("x")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(CheckpointError, match="is the run being released"):
+        ck.release_checkpoint(run, run, overwrite=True)
+    with pytest.raises(CheckpointError, match="is the run being released"):
+        ck.release_checkpoint(run / "checkpoint.json", tmp_path / "run" / ".")
+    with pytest.raises(CheckpointError, match=r"already holds a checkpoint .*overwrite=True"):
+        ck.release_checkpoint(run, other)
+    with pytest.raises(CheckpointError, match="is an existing file"):
+        ck.release_checkpoint(run, tmp_path / "file")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    ck.release_checkpoint(run, other, overwrite=True)
+    assert load_checkpoint(other).epoch == 3 and load_checkpoint(run).momentum  # replaced on request; run intact

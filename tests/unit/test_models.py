@@ -377,3 +377,26 @@ def test_bad_argument_types():
 def test_public_names():
     assert pm.__all__ and all(not n.startswith("_") for n in pm.__all__)
     assert all(hasattr(pm, n) for n in pm.__all__)
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+@pytest.mark.parametrize("quantized", [False, True])
+def test_inputs_of_another_dtype_say_which_dtypes_are_accepted(builder, quantized):
+    # issue 13: an int64 or float64 batch gave "expected scalar type Long but found Float" from deep inside a conv
+    from profit_edu.layers import quantize_model
+
+    net = builder(num_classes=10, width_mult=0.25, cifar_stem=True).eval()
+    if quantized:
+        quantize_model(net, weight_bits=4, act_bits=4)
+    name = type(net).__name__
+    with pytest.raises(TypeError, match=rf"{name} takes normalised float images of dtype torch\.float32, got "
+                                        r"torch\.int64: convert integer pixels with x\.float\(\) / 255 and normalise"):
+        net(torch.zeros(1, 3, 32, 32, dtype=torch.int64))
+    with pytest.raises(TypeError, match=rf"{name} takes images of its weights' dtype torch\.float32, got "
+                                        r"torch\.float64: cast them with x\.to\(torch\.float32\)"):
+        net(torch.zeros(1, 3, 32, 32, dtype=torch.float64))
+    with pytest.raises(TypeError, match=rf"{name} takes a tensor of images \(N, 3, H, W\), got list"):
+        net([[0.0]])
+    assert net.double()(torch.zeros(1, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net.float()(torch.zeros(1, 3, 32, 32, dtype=torch.bfloat16)).shape == (1, 10)

@@ -204,3 +204,78 @@ def test_saving_checks_the_program():
     text, tensors = program_to_json(program)
     assert json.loads(text)["arch"]["builder"] == "mobilenet_v3_small"
     assert set(tensors) == {"weights", "bias", "m0", "shift"}
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 13: class names that fit the outputs, a string version, files that are not packed models
+# --------------------------------------------------------------------------------------------
+def test_class_names_must_fit_the_outputs_when_saving_and_loading(tmp_path, blob):
+    import dataclasses
+
+    program = program_of("mobilenet_v3_small")
+    outputs = program.tensors[program.output].channels
+    wrong = dataclasses.replace(program, classes=[f"c{i}" for i in range(outputs + 1)])
+    with pytest.raises(ValueError, match=rf"classes has {outputs + 1} names, but the model has {outputs} outputs"):
+        save_packed(wrong, tmp_path / "m.pqm")
+    assert list(tmp_path.iterdir()) == []
+    doc = json.loads(program_text(blob))
+    for n in (0, 1, outputs - 1, outputs + 1):
+        bad = rewrite(blob, program=json.dumps(doc | {"classes": [f"c{i}" for i in range(n)]}))
+        with pytest.raises(ValueError, match=rf"classes has {n} names, but the model has {outputs} outputs"):
+            read_packed(bad)
+    right = read_packed(rewrite(blob, program=json.dumps(doc | {"classes": [f"c{i}" for i in range(outputs)]})))
+    assert right.classes[-1] == f"c{outputs - 1}"
+
+
+def test_an_integer_version_is_named_as_such(blob):
+    from profit_edu.packed.fileformat import _serialize
+
+    header, _ = _split(blob)  # the checksum covers the program and the tensors, not the version: it stays valid
+    edited = _serialize(program_tensors(blob), header["__metadata__"] | {"version": 2})  # safetensors won't write it
+    with pytest.raises(PackedFormatError, match=r"__metadata__\.version must be a string such as '2' "
+                                                r"\(safetensors metadata holds strings only\), got the int 2") as info:
+        read_packed(edited)
+    assert "reads version 2 only" not in str(info.value)  # the message no longer contradicts itself
+
+
+def test_paths_that_are_not_packed_files(tmp_path, monkeypatch, blob):
+    import os
+
+    with pytest.raises(PackedFormatError, match=r"not a regular file \(a directory, device or pipe\)"):
+        load_packed(tmp_path)
+    if os.path.exists("/dev/null"):
+        with pytest.raises(PackedFormatError, match=r"/dev/null: not a regular file"):
+            load_packed("/dev/null")
+    from profit_edu.packed import fileformat
+
+    (tmp_path / "m.pqm").write_bytes(blob)
+    monkeypatch.setattr(fileformat, "MAX_FILE_BYTES", len(blob) - 1)
+    with pytest.raises(PackedFormatError, match=rf"{len(blob):,} bytes, more than a packed model can have"):
+        load_packed(tmp_path / "m.pqm")
+
+
+@pytest.mark.parametrize(("field", "value", "match"), [
+    ("input_size", [5000, 5000], r"input_size must be an int, or two ints \(H, W\), in 1\.\.4096"),
+    ("input_size", [0, 32], r"input_size must be"),
+    ("mean", [0.5, 0.5, float("inf")], r"mean must be 3 finite numbers"),  # JSON's Infinity
+])
+def test_input_size_and_normalisation_are_bounded_in_files(blob, field, value, match):
+    doc = json.loads(program_text(blob))
+    with pytest.raises(ValueError, match=match):
+        read_packed(rewrite(blob, program=json.dumps(doc | {field: value})))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"input_size": 0}, r"input_size must be an int, or two ints \(H, W\), in 1\.\.4096, got 0"),
+    ({"input_size": -3}, r"got -3"),
+    ({"input_size": 5000}, r"got 5000"),
+    ({"input_size": True}, r"got True"),
+    ({"mean": (0.5, 0.5)}, r"mean must be 3 finite numbers \(R, G, B\), got \(0\.5, 0\.5\)"),
+    ({"std": (0.2, 0.0, 0.2)}, r"std must be 3 finite numbers \(R, G, B\), each > 0"),
+    ({"classes": ["a"] * 11}, r"classes has 11 names, but the model has 10 outputs"),
+])
+def test_to_program_checks_its_arguments_first(kwargs, match):
+    from profit_edu.packed import to_program
+
+    with pytest.raises(ValueError, match=match):
+        to_program(qat_model("mobilenet_v2"), **kwargs)

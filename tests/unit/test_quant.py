@@ -62,11 +62,13 @@ def test_valid_bits_pass_through():
 
 
 @pytest.mark.parametrize("name", ["a", "c"])
-@pytest.mark.parametrize("value", [0.0, -1.0])
-def test_a_and_c_must_be_positive(name, value):
-    kwargs = {"a": 1.0, "c": 1.0, name: torch.tensor(value)}
-    with pytest.raises(ValueError, match=f"{name} must be > 0"):
-        duq(torch.randn(4), kwargs["a"], kwargs["c"], 4, "signed")
+@pytest.mark.parametrize("value", [0.0, -1.0, math.inf, -math.inf, math.nan])
+def test_a_and_c_must_be_finite_and_positive(name, value):
+    # a = inf used to be accepted and quantized everything to 0 (issue 13); as a float or a tensor
+    for given in (value, torch.tensor(value)):
+        kwargs = {"a": 1.0, "c": 1.0, name: given}
+        with pytest.raises(ValueError, match=rf"{name} must be finite and > 0 .*got {value:g}"):
+            duq(torch.randn(4), kwargs["a"], kwargs["c"], 4, "signed")
 
 
 def test_a_must_be_scalar_and_x_float():
