@@ -55,8 +55,12 @@ def newest_by_id(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, An
 
 
 def _fetch(url: str, target: Path) -> None:
-    with urllib.request.urlopen(url, timeout=60) as response:  # https, or a test's file:// URL
-        atomic_write_bytes(target, response.read())
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:  # https, or a test's file:// URL
+            blob = response.read()
+    except OSError as err:  # URLError and HTTPError are OSErrors
+        raise FileNotFoundError(f"could not download {url}: {err}") from err
+    atomic_write_bytes(target, blob)
 
 
 class Results:
@@ -88,8 +92,8 @@ class Results:
             cache_dir: the download cache (default :func:`profit_edu.data.default_cache_dir`).
 
         Raises:
-            FileNotFoundError: no ledger here and ``download`` is False (the message says what to do), or a named
-                benchmark file is missing.
+            FileNotFoundError: no ledger here and ``download`` is False (the message says what to do), a download
+                failed, or a named benchmark file is missing.
         """
         path = ledger.default_path()
         folder, where = path.parent, "benchmarks/results/ (this copy of the project)"
