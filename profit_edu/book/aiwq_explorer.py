@@ -206,7 +206,7 @@ class ExplorerRun:
         return self.layers.index(layer)
 
     def mean_over_steps(self, what: str = "aiwq") -> dict[str, float]:
-        """Each layer's mean of ``"aiwq"``, ``"flips"`` or ``"bn_drift"`` over the steps that have a value (NaN if none)."""
+        """Each layer's mean of ``"aiwq"``, ``"flips"`` or ``"bn_drift"`` over the steps with a value (NaN if none)."""
         if what not in ("aiwq", "flips", "bn_drift"):
             raise ValueError(f"what must be 'aiwq', 'flips' or 'bn_drift', got {what!r}")
         values = getattr(self, what)

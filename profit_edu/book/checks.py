@@ -405,8 +405,8 @@ def check_gaussian_kl(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) ->
     if tuple(got.shape) == tuple(want.shape):
         reverse = kl_divergence(Normal(mean_old, var_old.sqrt()), Normal(mean_new, var_new.sqrt()))
         if torch.allclose(got.double(), reverse) and not torch.allclose(reverse, want):
-            raise AssertionError("fn computes KL(old || new); AIWQ measures the new distribution against the old "
-                                 "one: KL(new || old) = ln(s_old/s_new) + (s_new^2 + (m_new - m_old)^2)/(2 s_old^2) - 1/2")
+            raise AssertionError("fn computes KL(old || new); AIWQ measures the new distribution against the old one: "
+                                 "KL(new || old) = ln(s_old/s_new) + (s_new^2 + (m_new - m_old)^2)/(2 s_old^2) - 1/2")
     _close(got, want, "KL(N(mean_new, var_new) || N(mean_old, var_old))", atol=1e-9, rtol=1e-7)
     same = _as_tensor(_call(fn, mean_new, var_new, mean_new.clone(), var_new.clone(), what="fn(p, p)"), "fn")
     _close(same, torch.zeros_like(mean_new), "KL of a distribution from itself (should be 0)", atol=1e-9)

@@ -61,7 +61,7 @@ def test_load_without_a_ledger_downloads_or_says_how(tmp_path: Path, monkeypatch
     res = Results.load(["packed"], download=True, base_url=remote.as_uri(), cache_dir=tmp_path / "cache")
     assert res.ledger_value("packed/size/w4") == 11.0 and "downloaded" in res.describe()
     assert (tmp_path / "cache" / "results" / "packed.json").is_file()
-    with pytest.raises(FileNotFoundError, match="could not download .*latency.json"):
+    with pytest.raises(FileNotFoundError, match=r"could not download .*latency\.json"):
         Results.load(["packed", "latency"], download=True, base_url=remote.as_uri(), cache_dir=tmp_path / "c2")
     (remote / "ledger.jsonl").unlink()  # the cached copy is used from now on
     again = Results.load(["packed"], download=True, base_url=remote.as_uri(), cache_dir=tmp_path / "cache")
