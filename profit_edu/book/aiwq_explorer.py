@@ -146,8 +146,10 @@ def prepare(float_model: nn.Module, calibration: Sequence[Tensor], *, weight_bit
     if len(calibration) == 0:
         raise ValueError("prepare needs calibration batches (a few hundred training images)")
     model = quantize_model(copy.deepcopy(float_model), weight_bits=weight_bits, act_bits=act_bits)
-    if weight_bits is not None or act_bits is not None:
+    if act_bits is not None:
         calibrate(model, list(calibration), bn="batch")
+    elif weight_bits is not None:  # weight clips need no images; calibrate still runs some, so give it a few
+        calibrate(model, [calibration[0][:16]], bn="batch")
     return reestimate_bn(model, calibration)
 
 
@@ -377,11 +379,15 @@ def draw_frame(run: ExplorerRun, layer: str, step: int, *, fig: Figure | None = 
     ax_a.set_yscale("log")
     ax_a.set_ylim(*limits["aiwq"])
     ax_a.set_xlim(-1, len(run.layers))
-    if np.isfinite(heights[j]):
-        ax_a.scatter([j], [heights[j] * 1.8], marker="v", color="black", zorder=3, s=22)
-    else:
+    low = limits["aiwq"][0]
+    ax_a.scatter([j], [heights[j] * 1.8 if np.isfinite(heights[j]) else low * 1.8], marker="v", color="black",
+                 zorder=3, s=22)
+    if step == 1:
         ax_a.text(0.5, 0.5, "no value at step 1:\nAIWQ compares two steps", transform=ax_a.transAxes, ha="center",
                   va="center", fontsize="small", color="0.4")
+    elif not np.isfinite(heights[j]):  # exactly 0 (no code moved), or no channel with a spread
+        ax_a.annotate("0", (j, low * 1.8), xytext=(4, 0), textcoords="offset points", va="center",
+                      fontsize="small")
     ax_a.set(xlabel="layer (model order; \u25bc the selected one)", ylabel="AIWQ at this step (KL)",
              title=f"every layer at step {step}")
 
