@@ -349,10 +349,10 @@ def draw_frame(run: ExplorerRun, layer: str, step: int, *, fig: Figure | None = 
                limits: Mapping[str, tuple[float, float]] | None = None) -> Figure:
     """Three panels for one (run, layer, step); returns the figure (nothing is shown).
 
-    * left: every layer's AIWQ at ``step`` (bars in model order, coloured by kind; the selected layer marked);
-    * middle: the selected layer's weight flips per step (the current step darker);
-    * right: one channel of the BatchNorm after it (the channel that drifts most over the run): its batch mean at
-      each step against its running mean, which evaluation uses.
+    * top: every layer's AIWQ at ``step`` (bars in model order, coloured by kind; the selected layer marked);
+    * bottom left: the selected layer's weight flips per step (the current step darker);
+    * bottom right: one channel of the BatchNorm after it (the channel that drifts most over the run): its batch
+      mean at each step against its running mean, which evaluation uses.
 
     Args:
         run, layer, step: what to draw (step in 1..S).
@@ -365,10 +365,11 @@ def draw_frame(run: ExplorerRun, layer: str, step: int, *, fig: Figure | None = 
     j, t = run.index(layer), _check_step(run, step) - 1
     limits = limits or frame_limits([run])
     if fig is None:
-        fig = plt.figure(figsize=(10.0, 3.3), layout="constrained")
+        fig = plt.figure(figsize=(7.2, 5.4), layout="constrained")
     else:
         fig.clear()
-    ax_a, ax_f, ax_bn = fig.subplots(1, 3, width_ratios=[1.5, 1.0, 1.0])
+    panels = fig.subplot_mosaic([["aiwq", "aiwq"], ["flips", "bn"]])  # sized for a book's column
+    ax_a, ax_f, ax_bn = panels["aiwq"], panels["flips"], panels["bn"]
     steps = np.arange(1, run.steps + 1)
 
     # left: AIWQ of every layer at this step
@@ -421,7 +422,7 @@ def draw_frame(run: ExplorerRun, layer: str, step: int, *, fig: Figure | None = 
     handles += [Line2D([], [], marker="o", ls="", ms=3, color="#d62728", label="batch mean"),
                 Line2D([], [], color="#444444", lw=1.6, label="running mean"),
                 Line2D([], [], color="#1f77b4", lw=1, ls=":", label="this step")]
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small", frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize="small", frameon=False)
     fig.suptitle(run.label, fontsize="medium")
     return fig
 

@@ -191,7 +191,7 @@ def test_frame_has_labelled_axes_and_an_outside_legend(run4):
     layer = run4.most_unstable("depthwise")
     fig = ax.draw_frame(run4, layer, 3, limits=ax.frame_limits([run4]))
     axes = fig.axes
-    assert len(axes) == 3
+    assert len(axes) == 3  # AIWQ of every layer, flips, BN
     assert all(a.get_xlabel() and a.get_ylabel() for a in axes)
     assert all(a.get_legend() is None for a in axes) and len(fig.legends) == 1  # one legend, outside the panels
     assert axes[0].get_yscale() == "log" and layer in axes[1].get_title()
