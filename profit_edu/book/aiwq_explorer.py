@@ -268,9 +268,10 @@ def record_steps(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], *, 
     bn_hooks = aiwq.BNStatsTracker(model, layers=sorted(set(bn_of.values())), history=steps)
     optimizer = train.make_optimizer(model, train.TrainConfig(lr=lr, weight_decay=weight_decay, ema_decay=None))
     losses = []
+    device = next(model.parameters()).device
     model.train()
-    try:
-        with torch.random.fork_rng(devices=[]):
+    try:  # dropout draws from a seeded generator; the caller's random state is restored afterwards
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             for x, y in batches:
                 loss = F.cross_entropy(model(x), y)
