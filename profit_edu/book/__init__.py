@@ -6,8 +6,11 @@ core, and nothing in the core imports it (a test checks). Modules:
 * :mod:`.runtime` - quick or full mode, Colab or not, the device, the synthetic-data banner;
 * :mod:`.plots` - seaborn figures of quantizers, grids, errors and border effects;
 * :mod:`.aiwq_plots` - the AIWQ chapter's figures (the ranking PROFIT freezes by, AIWQ against bits, raw vs EMA);
+* :mod:`.aiwq_explorer` - the AIWQ explorer: a quantized MobileNet trained a few steps, recorded per step and layer
+  (AIWQ, weight flips, BN drift), drawn per frame, and sliders over it;
 * :mod:`.widgets` - ipywidgets explorers (live sliders with a kernel, pre-drawn steppers without);
-* :mod:`.checks` - automatic checks of the exercises (:func:`~.checks.report` in a notebook).
+* :mod:`.checks` - automatic checks of the exercises (:func:`~.checks.report` in a notebook);
+* :mod:`.results` - numbers read by id from the ledger and the benchmarks' JSON files (never typed in a chapter).
 
 The repository's top-level ``book/`` folder holds the chapters themselves (notebooks); it is not a Python package,
 so ``profit_edu.book`` and ``book/`` do not clash.
@@ -17,6 +20,6 @@ so ``profit_edu.book`` and ``book/`` do not clash.
 'quick'
 """
 
-from . import aiwq_plots, checks, plots, runtime, widgets
+from . import aiwq_explorer, aiwq_plots, checks, plots, results, runtime, widgets
 
-__all__ = ["aiwq_plots", "checks", "plots", "runtime", "widgets"]
+__all__ = ["aiwq_explorer", "aiwq_plots", "checks", "plots", "results", "runtime", "widgets"]

@@ -27,13 +27,19 @@ __all__ = [
     "check_border_fraction",
     "check_depthwise_macs",
     "check_duq_grad_a",
+    "check_flip_fraction",
+    "check_fold_bn",
+    "check_gaussian_kl",
     "check_hswish",
+    "check_layer_aiwq",
     "check_ledger_lookup",
     "check_levels_per_channel",
     "check_lsq_step_init",
     "check_negative_padding_conv",
+    "check_pack_codes",
     "check_pact_alpha_grad",
     "check_quick_mode_rule",
+    "check_requantize",
     "check_round_ste",
     "check_signed_levels",
     "check_storage_bytes",
@@ -375,4 +381,171 @@ def check_border_fraction(fn: Callable[[int, int, int], float]) -> bool:
         if not math.isclose(got, want, abs_tol=1e-9):
             raise AssertionError(f"fn({h}, {w}, {k}) = {got:.6g}, expected {want:.6g}. A pixel reads padding when it "
                                  f"is within (k-1)//2 = {(k - 1) // 2} pixels of an edge.")
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 5: AIWQ, the instability
+# --------------------------------------------------------------------------------------------
+def check_gaussian_kl(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> bool:
+    """Check ``fn(mean_new, var_new, mean_old, var_old) -> KL(N_new || N_old)`` elementwise (variances, not stds).
+
+    Reference: ``torch.distributions.kl_divergence`` of two ``Normal`` distributions, an independent closed form.
+    """
+    from torch.distributions import Normal, kl_divergence
+
+    gen = torch.Generator().manual_seed(5)
+    mean_new, mean_old = torch.randn(7, generator=gen, dtype=torch.float64), torch.randn(7, generator=gen,
+                                                                                          dtype=torch.float64)
+    var_new = torch.rand(7, generator=gen, dtype=torch.float64) * 2 + 0.1
+    var_old = torch.rand(7, generator=gen, dtype=torch.float64) * 2 + 0.1
+    args = (mean_new.clone(), var_new.clone(), mean_old.clone(), var_old.clone())
+    got = _as_tensor(_call(fn, *args, what="fn(mean_new, var_new, mean_old, var_old)"), "fn")
+    want = kl_divergence(Normal(mean_new, var_new.sqrt()), Normal(mean_old, var_old.sqrt()))
+    if tuple(got.shape) == tuple(want.shape):
+        reverse = kl_divergence(Normal(mean_old, var_old.sqrt()), Normal(mean_new, var_new.sqrt()))
+        if torch.allclose(got.double(), reverse) and not torch.allclose(reverse, want):
+            raise AssertionError("fn computes KL(old || new); AIWQ measures the new distribution against the old one: "
+                                 "KL(new || old) = ln(s_old/s_new) + (s_new^2 + (m_new - m_old)^2)/(2 s_old^2) - 1/2")
+    _close(got, want, "KL(N(mean_new, var_new) || N(mean_old, var_old))", atol=1e-9, rtol=1e-7)
+    same = _as_tensor(_call(fn, mean_new, var_new, mean_new.clone(), var_new.clone(), what="fn(p, p)"), "fn")
+    _close(same, torch.zeros_like(mean_new), "KL of a distribution from itself (should be 0)", atol=1e-9)
+    return True
+
+
+def _signed_codes(w: Tensor, a: float, bits: int) -> Tensor:
+    k = 2 ** (bits - 1) - 1
+    return torch.round(torch.clamp(w / a, -1.0, 1.0) * k)
+
+
+def check_flip_fraction(fn: Callable[[Tensor, Tensor, float, int], float]) -> bool:
+    """Check ``fn(w_before, w_after, a, bits) -> fraction``: the share of weights whose signed DuQ code changed.
+
+    Codes on the symmetric grid with clip ``a``: ``round(clamp(w / a, -1, 1) * K)``, ``K = 2**(bits-1) - 1``.
+    """
+    gen = torch.Generator().manual_seed(6)
+    w = torch.randn(4000, generator=gen, dtype=torch.float64) * 0.1
+    step = torch.randn(4000, generator=gen, dtype=torch.float64) * 0.004
+    for bits in (2, 4, 8):
+        a = 0.25
+        want = float((_signed_codes(w, a, bits) != _signed_codes(w + step, a, bits)).double().mean())
+        got = _number(_call(fn, w.clone(), (w + step).clone(), a, bits, what=f"fn(w, w + dw, {a}, {bits})"),
+                      f"fn(w, w + dw, {a}, {bits})")
+        if math.isclose(got, 1.0) and want < 0.5:
+            raise AssertionError(f"fn(..., bits={bits}) = 1: compare the integer codes, not the float weights "
+                                 "(every float weight moves, few codes do)")
+        if not math.isclose(got, want, abs_tol=1e-9):
+            wrong_k = float((torch.round(torch.clamp(w / a, -1, 1) * (2**bits - 1))
+                             != torch.round(torch.clamp((w + step) / a, -1, 1) * (2**bits - 1))).double().mean())
+            hint = " (a signed grid has K = 2**(bits-1) - 1 steps on each side)" if math.isclose(got, wrong_k) else ""
+            raise AssertionError(f"fn(w, w + dw, a={a}, bits={bits}) = {got:.6g}, expected {want:.6g}{hint}")
+    return True
+
+
+def check_layer_aiwq(fn: Callable[[Tensor, Tensor], float]) -> bool:
+    """Check ``fn(y_new, y_old) -> AIWQ``: the mean over channels of KL(N_new || N_old) per output channel.
+
+    Each channel's Gaussian has the mean and the *unbiased* variance of its values over the batch and all pixels;
+    channels where either variance is 0 are left out. Reference: :func:`profit_edu.aiwq.aiwq_from_outputs`.
+    """
+    from .. import aiwq
+
+    gen = torch.Generator().manual_seed(7)
+    y_old = torch.randn(6, 5, 4, 4, generator=gen, dtype=torch.float64) * torch.linspace(0.5, 2.0, 5).view(1, 5, 1, 1)
+    y_new = y_old * 1.1 + 0.2 * torch.randn(6, 5, 4, 4, generator=gen, dtype=torch.float64)
+    cases = {"five live channels": (y_new, y_old)}
+    dead_new = y_new.clone()
+    dead_new[:, 3] = 0.25  # a dead channel: zero variance
+    cases["channel 3 constant"] = (dead_new, y_old)
+    for what, (a, b) in cases.items():
+        want = float(aiwq.aiwq_from_outputs(a, b))
+        got = _number(_call(fn, a.clone(), b.clone(), what=f"fn(y_new, y_old) ({what})"), f"fn ({what})")
+        if math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-12):
+            continue
+        if math.isnan(got) or math.isinf(got):
+            raise AssertionError(f"fn(y_new, y_old) ({what}) = {got}: leave out channels whose variance is 0")
+        pooled = float(aiwq.aiwq_from_outputs(a.reshape(-1, 1), b.reshape(-1, 1)))
+        hint = " (take one Gaussian per output channel, over dims 0, 2, 3, not one for the whole tensor)" \
+            if math.isclose(got, pooled, rel_tol=1e-6) else " (variances: unbiased, over the batch and the pixels)"
+        raise AssertionError(f"fn(y_new, y_old) ({what}) = {got:.6g}, expected {want:.6g}{hint}")
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 8: packed low-bit inference
+# --------------------------------------------------------------------------------------------
+def check_pack_codes(fn: Callable[[Tensor, int], Tensor]) -> bool:
+    """Check ``fn(codes, bits) -> uint8 tensor``: codes packed least significant bit first, ceil(n * bits / 8) bytes.
+
+    Code i occupies bits ``bits*i .. bits*i + bits - 1`` of the stream; byte j holds stream bits ``8j .. 8j + 7``
+    (bit 0 is the byte's lowest bit). Reference: :func:`profit_edu.packed.pack`.
+    """
+    from ..packed import pack
+
+    gen = torch.Generator().manual_seed(8)
+    for bits, n in [(4, 6), (2, 9), (3, 8), (3, 11)]:
+        codes = torch.randint(0, 2**bits, (n,), generator=gen)
+        want = pack(codes, bits)
+        got = _as_tensor(_call(fn, codes.clone(), bits, what=f"fn(codes, {bits}) with {n} codes"), "fn")
+        if got.dtype != torch.uint8:
+            raise AssertionError(f"fn(codes, {bits}) should return a uint8 tensor (bytes), got dtype {got.dtype}")
+        if got.numel() != want.numel():
+            raise AssertionError(f"fn(codes, {bits}) with {n} codes returned {got.numel()} bytes, expected "
+                                 f"ceil({n} * {bits} / 8) = {want.numel()}")
+        if not torch.equal(got.reshape(-1), want):
+            raise AssertionError(f"fn(codes, {bits}) = {got.tolist()} for codes {codes.tolist()}, expected "
+                                 f"{want.tolist()} (code 0 goes into the lowest bits of byte 0, code 1 right above it)")
+    return True
+
+
+def check_requantize(fn: Callable[[Tensor, int, int], Tensor]) -> bool:
+    """Check ``fn(n, m0, shift) -> round(n * m0 / 2**shift)`` with ties to even, exactly, on int64 tensors.
+
+    Reference: :func:`profit_edu.packed.requantize` (int64 arithmetic).
+    """
+    from ..packed import requantize
+
+    n = torch.tensor([-7, -6, -5, -3, -2, -1, 0, 1, 2, 3, 5, 6, 7, 2**24 + 3, -(2**24) - 5])
+    for m0, shift in [(2**30, 31), (2**30, 32), (1610612736, 33), (1288490189, 36)]:
+        want = requantize(n, m0, shift)
+        got = _as_tensor(_call(fn, n.clone(), m0, shift, what=f"fn(n, {m0}, {shift})"), "fn")
+        if tuple(got.shape) != tuple(want.shape):
+            raise AssertionError(f"fn(n, {m0}, {shift}): shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        if not torch.equal(got.to(torch.int64), want):
+            i = int((got.to(torch.int64) != want).nonzero()[0])
+            exact = float(n[i]) * m0 / 2**shift
+            hint = " (a tie: round half to even, as torch.round does)" if exact % 1 == 0.5 else ""
+            raise AssertionError(f"fn(n, {m0}, {shift}) at n = {int(n[i])} (n * M = {exact}): got {int(got[i])}, "
+                                 f"expected {int(want[i])}{hint}")
+    return True
+
+
+def check_fold_bn(fn: Callable[..., tuple[Tensor, Tensor]]) -> bool:
+    """Check ``fn(weight, bias, gamma, beta, mean, var, eps) -> (w, b)``: a conv equal to conv-then-BN (eval mode).
+
+    Reference: ``w = weight * g``, ``b = g * (bias - mean) + beta`` with ``g = gamma / sqrt(var + eps)`` per output
+    channel, checked on the outputs of a convolution in float64.
+    """
+    gen = torch.Generator().manual_seed(9)
+    weight = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64)
+    bias = torch.randn(4, generator=gen, dtype=torch.float64)
+    gamma, beta = torch.randn(4, generator=gen, dtype=torch.float64), torch.randn(4, generator=gen, dtype=torch.float64)
+    mean = torch.randn(4, generator=gen, dtype=torch.float64)
+    var, eps = torch.rand(4, generator=gen, dtype=torch.float64) + 0.05, 1e-5
+    x = torch.randn(2, 3, 6, 6, generator=gen, dtype=torch.float64)
+    g = gamma / torch.sqrt(var + eps)
+    want = F.conv2d(x, weight, bias) * g.view(1, -1, 1, 1) + (beta - mean * g).view(1, -1, 1, 1)
+    args = (weight.clone(), bias.clone(), gamma.clone(), beta.clone(), mean.clone(), var.clone(), eps)
+    got = _call(fn, *args, what="fn(weight, bias, gamma, beta, mean, var, eps)")
+    if not isinstance(got, tuple | list) or len(got) != 2:
+        raise AssertionError(f"fn should return a pair (folded_weight, folded_bias), got {type(got).__name__}")
+    w, b = _as_tensor(got[0], "folded weight"), _as_tensor(got[1], "folded bias")
+    if tuple(w.shape) != tuple(weight.shape) or tuple(b.shape) != (4,):
+        raise AssertionError(f"folded shapes {tuple(w.shape)} and {tuple(b.shape)}, expected {tuple(weight.shape)} "
+                             "and (4,): one scale and one bias per output channel")
+    out = F.conv2d(x, w.double(), b.double())
+    if torch.allclose(out, F.conv2d(x, weight * g.view(-1, 1, 1, 1), g * bias + beta), atol=1e-9) \
+            and not torch.allclose(out, want, atol=1e-9):
+        raise AssertionError("the folded bias forgets the running mean: b = g * (bias - mean) + beta")
+    _close(out, want, "conv with the folded weight and bias vs BN(conv(x))", atol=1e-9, rtol=1e-9)
     return True

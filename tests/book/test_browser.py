@@ -14,6 +14,8 @@ The test skips, saying why, when no Chromium binary exists (Debian: ``apt-get in
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 import shutil
@@ -90,6 +92,9 @@ def screenshot(page: Path, name: str, height: int = 4000) -> Path:
 
 
 CHAPTERS = [p.stem for p in nbtool.chapters()]
+#: Part II pages are held to "no external URL at all" (part I's flipbook still loads FontAwesome; issue 14).
+PART_II = [stem for stem in CHAPTERS if stem[:2] >= "05"]
+URL_ATTRIBUTE = re.compile(r'(?:src|href)\s*=\s*["\'](https?://[^"\']+)["\']')
 
 
 @pytest.mark.parametrize("stem", CHAPTERS)
@@ -128,3 +133,71 @@ def test_flipbook_renders_without_a_kernel(book_html: Path) -> None:
 def test_math_renders_offline(book_html: Path) -> None:
     rendered = dom(book_html / "book" / "02_uniform_quantization.html")
     assert "<mjx-container" in rendered, "MathJax (served by the book) did not typeset the formulas"
+
+
+def _allowed_links() -> set[str]:
+    """Links a page may point to (never load): the repository and its Colab launch links."""
+    url, _ = nbtool.repository()
+    return {url, "https://colab.research.google.com"}
+
+
+@pytest.mark.parametrize("stem", PART_II)
+def test_part_two_pages_load_nothing_from_outside(book_html: Path, stem: str) -> None:
+    raw = (book_html / "book" / f"{stem}.html").read_text()
+    outside = sorted({u for u in URL_ATTRIBUTE.findall(raw) if not any(u.startswith(a) for a in _allowed_links())})
+    assert not outside, f"{stem}.html refers to external URLs: {outside[:5]}"
+
+
+#: Appended to a copy of a page: once the widgets have rendered, move the last slider one step with the keyboard
+#: (as a reader would) and record the picture shown before and after (the size in bytes of the PNG behind it), in an
+#: attribute of <body>. The stepper shows one picture at a time, so each moment has one visible picture.
+PROBE = """<script>
+window.addEventListener("load", function () {
+  function pictures() {
+    return Array.from(document.querySelectorAll(".widget-image")).filter(function (img) {
+      return img.offsetParent !== null;
+    });
+  }
+  function bytes(img) {
+    return fetch(img.src).then(function (r) { return r.arrayBuffer(); }).then(function (b) { return b.byteLength; });
+  }
+  setTimeout(function () {
+    var before = pictures();
+    var handles = document.querySelectorAll(".noUi-handle");
+    Promise.all(before.map(bytes)).then(function (beforeBytes) {
+      var handle = handles[handles.length - 1];
+      if (handle) {
+        handle.focus();
+        handle.dispatchEvent(new KeyboardEvent("keydown", {key: "ArrowRight", keyCode: 39, which: 39,
+                                                           bubbles: true}));
+      }
+      setTimeout(function () {
+        var after = pictures();
+        Promise.all(after.map(bytes)).then(function (afterBytes) {
+          document.body.setAttribute("data-probe", JSON.stringify({handles: handles.length, before: beforeBytes,
+                                                                  after: afterBytes}));
+        });
+      }, 1500);
+    });
+  }, 6000);
+});
+</script>"""
+
+
+def test_aiwq_explorer_fallback_frames_change_when_the_slider_moves(book_html: Path) -> None:
+    page = book_html / "book" / "05_aiwq.html"
+    raw = page.read_text()
+    assert "application/vnd.jupyter.widget-state+json" in raw and "LinkModel" in raw, "no linked stepper state"
+    probe = page.with_name("05_aiwq_probe.html")  # beside the page, so its relative links still resolve
+    probe.write_text(raw.replace("</body>", PROBE + "</body>"))
+    try:
+        rendered = _run(["--virtual-time-budget=15000", "--dump-dom", probe.as_uri()])
+    finally:
+        probe.unlink()
+    found = re.search(r'data-probe="([^"]*)"', rendered)
+    assert found, "the probe did not run (the page's scripts failed?)"
+    seen = json.loads(html.unescape(found.group(1)))
+    assert seen["handles"] >= 1, "the stepper's slider did not render"
+    assert len(seen["before"]) == 1 and len(seen["after"]) == 1, f"one picture at a time expected: {seen}"
+    assert seen["before"] != seen["after"], "moving the slider did not change the picture"
+    screenshot(page, "05_aiwq_full", height=12000)

@@ -3,6 +3,7 @@ solutions that pass, every citation in the bibliography, and a configuration tha
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -147,3 +148,57 @@ def test_book_config_is_offline_and_strict() -> None:
     assert not (ROOT / "_static").exists(), "JB1 would add every .js of a top-level _static/ to every page"
     assert "sphinx_exercise" in CONFIG["sphinx"]["extra_extensions"]
     assert 60 <= CONFIG["execute"]["timeout"] <= 600
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers read from benchmarks/results: every id and path a chapter names exists there
+# --------------------------------------------------------------------------------------------
+LOOKUPS = {"ledger_value": 1, "ledger_record": 1, "source": 1, "benchmark_value": 2}
+
+
+def _result_lookups(code: str, where: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(method, literal arguments) of every ``<x>.ledger_value("id")``-style call in ``code``.
+
+    Raises AssertionError for a call whose id or path is not a literal string: a test must see it to check it.
+    """
+    found = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in LOOKUPS:
+            n = LOOKUPS[node.func.attr]
+            args = node.args[:n]
+            literal = len(args) == n and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args)
+            assert literal, (f"{where}: {node.func.attr}(...) must name its ledger id / benchmark path with string "
+                             f"literals, so that this test can check them: {ast.unparse(node)}")
+            found.append((node.func.attr, tuple(a.value for a in args)))
+    return found
+
+
+def test_result_lookups_see_literal_ids_and_refuse_others() -> None:
+    code = 'res.ledger_value("a/b")\nx = res.benchmark_value("packed", "size/bits")\n'
+    assert _result_lookups(code, "t") == [("ledger_value", ("a/b",)), ("benchmark_value", ("packed", "size/bits"))]
+    with pytest.raises(AssertionError, match="string literals"):
+        _result_lookups("res.ledger_value(name)", "t")
+
+
+LEDGER_CHAPTERS = [c for c in CHAPTERS if "results.Results" in "\n".join(_code_cells(_nb(c)))]
+
+
+def test_some_chapter_reads_the_ledger_by_id() -> None:
+    assert any(c.name.startswith("08_") for c in LEDGER_CHAPTERS), "chapter 8 reads its sizes and speeds by id"
+
+
+@pytest.mark.parametrize("chapter", LEDGER_CHAPTERS, ids=[p.stem for p in LEDGER_CHAPTERS])
+def test_every_number_read_from_the_results_exists(chapter: Path) -> None:
+    from profit_edu.book.results import Results
+
+    code = "\n".join(c for c in _code_cells(_nb(chapter)) if not c.lstrip().startswith(("%", "!")))
+    lookups = _result_lookups(code, chapter.name)
+    assert lookups, f"{chapter.name} loads the results but reads nothing by id"
+    names = sorted({args[0] for method, args in lookups if method == "benchmark_value"})
+    res = Results.load(names)
+    for method, args in lookups:
+        if method == "benchmark_value":
+            res.benchmark_value(*args)  # raises KeyError naming the missing key
+        else:
+            rec = res.ledger_record(args[0])
+            assert isinstance(rec["value"], int | float), f"{chapter.name}: ledger id {args[0]} has no number"

@@ -436,6 +436,23 @@ def test_bn_stats_tracker_records_batch_and_running_statistics_before_the_update
         BNStatsTracker(net, layers=["3"])
 
 
+def test_bn_mismatch_and_flip_means_follow_their_formulas():
+    net = tiny_net(weight_bits=3)
+    tracker, flips = BNStatsTracker(net, layers=["4"]), FlipTracker(net)
+    sgd_steps(net, batches(3), lr=0.05)
+    s = tracker.series("4")
+    shift = ((s["batch_mean"] - s["running_mean"]).abs() / s["running_var"].sqrt()).mean(dim=1)
+    ratio = (s["batch_var"] / s["running_var"]).mean(dim=1)
+    mism = tracker.mismatch("4")
+    assert mism["steps"] == [1, 2, 3]
+    assert mism["mean_shift"] == pytest.approx(shift.tolist(), rel=1e-6)
+    assert mism["var_ratio"] == pytest.approx(ratio.tolist(), rel=1e-6)
+    _, rates = flips.series("6")
+    assert flips.mean_rates()["6"] == pytest.approx(sum(rates) / len(rates))
+    with pytest.raises(KeyError, match="not a watched BN layer"):
+        tracker.series("3")
+
+
 def test_trackers_work_together_with_set_bits():
     net = tiny_net(weight_bits=8)
     tracker = AIWQTracker(net, skip_above=math.inf)

@@ -6,6 +6,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,56 @@ def border_fraction(h, w, k):
     return 1 - max(h - 2 * p, 0) * max(w - 2 * p, 0) / (h * w)
 
 
+def gaussian_kl(mn, vn, mo, vo):
+    return 0.5 * torch.log(vo / vn) + (vn + (mn - mo) ** 2) / (2 * vo) - 0.5
+
+
+def flip_fraction(w0, w1, a, bits):
+    k = 2 ** (bits - 1) - 1
+    c0 = torch.round(torch.clamp(w0 / a, -1, 1) * k)
+    c1 = torch.round(torch.clamp(w1 / a, -1, 1) * k)
+    return (c0 != c1).double().mean().item()
+
+
+def layer_aiwq(y_new, y_old, ddof=1, pooled=False, drop=True):
+    if pooled:
+        y_new, y_old = y_new.reshape(-1, 1, 1, 1), y_old.reshape(-1, 1, 1, 1)
+    a, b = y_new.double().numpy(), y_old.double().numpy()
+    mn, mo = a.mean(axis=(0, 2, 3)), b.mean(axis=(0, 2, 3))
+    vn, vo = a.var(axis=(0, 2, 3), ddof=ddof), b.var(axis=(0, 2, 3), ddof=ddof)
+    keep = (vn > 0) & (vo > 0) if drop else np.ones_like(vn, dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):  # drop=False: the wrong answer divides by 0
+        kl = 0.5 * np.log(vo[keep] / vn[keep]) + (vn[keep] + (mn[keep] - mo[keep]) ** 2) / (2 * vo[keep]) - 0.5
+    return float(kl.mean())
+
+
+def pack_codes(codes, bits, msb_first=False):
+    out, acc, nbits = [], 0, 0
+    for c in codes.tolist():
+        if msb_first:
+            c = int(f"{c:0{bits}b}"[::-1], 2)
+        acc |= c << nbits
+        nbits += bits
+        while nbits >= 8:
+            out.append(acc & 0xFF)
+            acc >>= 8
+            nbits -= 8
+    if nbits:
+        out.append(acc & 0xFF)
+    return torch.tensor(out, dtype=torch.uint8)
+
+
+def requantize(n, m0, shift):
+    from fractions import Fraction
+
+    return torch.tensor([round(Fraction(int(v) * m0, 2**shift)) for v in n])  # Python rounds half to even
+
+
+def fold_bn(weight, bias, gamma, beta, mean, var, eps):
+    g = gamma / torch.sqrt(var + eps)
+    return weight * g.view(-1, 1, 1, 1), g * (bias - mean) + beta
+
+
 RIGHT = [
     (checks.check_ledger_lookup, ledger_lookup),
     (checks.check_quick_mode_rule, quick_rule),
@@ -93,6 +144,12 @@ RIGHT = [
     (checks.check_hswish, hswish),
     (checks.check_negative_padding_conv, int_route),
     (checks.check_border_fraction, border_fraction),
+    (checks.check_gaussian_kl, gaussian_kl),
+    (checks.check_flip_fraction, flip_fraction),
+    (checks.check_layer_aiwq, layer_aiwq),
+    (checks.check_pack_codes, pack_codes),
+    (checks.check_requantize, requantize),
+    (checks.check_fold_bn, fold_bn),
 ]
 
 
@@ -139,6 +196,24 @@ WRONG = [
     (checks.check_negative_padding_conv, lambda k, w, s: torch.zeros(1), "shape"),
     (checks.check_border_fraction, lambda h, w, k: 0.0, "within"),
     (checks.check_border_fraction, lambda h, w, k: 4 * (k // 2) / h, "expected"),
+    (checks.check_gaussian_kl, lambda mn, vn, mo, vo: gaussian_kl(mo, vo, mn, vn), "KL(old || new)"),
+    (checks.check_gaussian_kl, lambda mn, vn, mo, vo: gaussian_kl(mn, vn.sqrt(), mo, vo.sqrt()), "differ"),
+    (checks.check_gaussian_kl, lambda mn, vn, mo, vo: torch.zeros(3), "shape"),
+    (checks.check_flip_fraction, lambda w0, w1, a, b: float((w0 != w1).double().mean()), "compare the integer codes"),
+    (checks.check_flip_fraction, lambda w0, w1, a, b: flip_fraction(w0, w1, a, b + 1), "K = 2**(bits-1) - 1"),
+    (checks.check_flip_fraction, lambda w0, w1, a, b: "many", "should be a number"),
+    (checks.check_layer_aiwq, lambda yn, yo: layer_aiwq(yn, yo, pooled=True), "one Gaussian per output channel"),
+    (checks.check_layer_aiwq, lambda yn, yo: layer_aiwq(yn, yo, ddof=0), "unbiased"),
+    (checks.check_layer_aiwq, lambda yn, yo: layer_aiwq(yn, yo, drop=False), "variance is 0"),
+    (checks.check_pack_codes, lambda c, b: c.to(torch.uint8), "bytes, expected"),
+    (checks.check_pack_codes, lambda c, b: pack_codes(c, b, msb_first=True), "lowest bits"),
+    (checks.check_pack_codes, lambda c, b: pack_codes(c, b).long(), "uint8"),
+    (checks.check_requantize, lambda n, m0, s: torch.floor(n * m0 / 2**s + 0.5).long(), "half to even"),
+    (checks.check_requantize, lambda n, m0, s: torch.zeros(2), "shape"),
+    (checks.check_fold_bn, lambda w, b, g, be, m, v, e: fold_bn(w, b + m, g, be, m, v, e), "forgets the running mean"),
+    (checks.check_fold_bn, lambda w, b, g, be, m, v, e: fold_bn(w, b, g, be, m, v.sqrt(), e), "differ"),
+    (checks.check_fold_bn, lambda w, b, g, be, m, v, e: w, "pair"),
+    (checks.check_fold_bn, lambda w, b, g, be, m, v, e: (w[0], b), "one scale and one bias"),
 ]
 
 
