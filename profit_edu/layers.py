@@ -202,7 +202,7 @@ class QAct(nn.Module):
         y = x if (self.act is None or self._subsumed) else self.act(x)
         if not q._ready:  # first quantized batch: initialise a, c from it (see clip_init.act_init_value)
             post = self.act(x) if self._subsumed else y
-            q.init_from(x if q.init_style == "reference" else post, cap=self._cap)
+            q.init_on_first_use(x if q.init_style == "reference" else post, cap=self._cap)
         return q.quantize(y)
 
 
@@ -318,6 +318,10 @@ def quantize_model(
             new = QAct(None, act_q(m.mode))
         else:
             continue
+        if isinstance(new, QAct):
+            new.quantizer.where = f"the activation quantizer {name}"
+        else:
+            new.weight_quant.where = f"the weight quantizer of {name}"
         _replace(model, name, new)
     _sync_padding(model)
     return model

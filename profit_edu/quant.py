@@ -329,6 +329,7 @@ class Quantizer(nn.Module):
         self.bits = bits
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self._ready = False  # python mirror of `initialized`: no device sync in forward
+        self.where: str | None = None  # which layer, for error messages (quantize_model sets it)
         self.register_load_state_dict_post_hook(_sync_ready)
 
     @property
@@ -394,8 +395,17 @@ class Quantizer(nn.Module):
         if self._bits is None:
             return x
         if not self._ready:
-            self.init_from(x)
+            self.init_on_first_use(x)
         return self.quantize(x)
+
+    def init_on_first_use(self, x: Tensor, **kwargs) -> None:
+        """``init_from`` for the first tensor a quantizer meets outside :func:`~profit_edu.layers.calibrate`; an
+        error names the layer (``where``, set by :func:`~profit_edu.layers.quantize_model`)."""
+        try:
+            self.init_from(x, **kwargs)
+        except ValueError as err:
+            raise ValueError(f"{self.where or 'a quantizer'}, initialising from the first batch it saw: {err}") \
+                from err
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, bits={self._bits}, role={self.role!r}"

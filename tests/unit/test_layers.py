@@ -325,3 +325,20 @@ def test_calibrate_keep_learned_keeps_better_clips_and_replaces_worse_ones():
         q[2].quantizer.a_hat.fill_(math.nan)  # a diverged clip is always replaced
     pe.calibrate(q, x, keep_learned=True)
     assert math.isfinite(q[2].quantizer.a.item())
+
+
+@pytest.mark.parametrize("batch, match", [
+    (torch.empty(0, 3, 16, 16), r"the activation quantizer 2, initialising from the first batch it saw: .*empty"),
+    (torch.full((2, 3, 16, 16), math.inf), r"the activation quantizer 2, .*NaN or inf"),
+])
+def test_a_quantizer_initialising_on_its_first_batch_names_its_layer(batch, match):
+    q = pe.quantize_model(randomize_bn(dw_separable_cnn()), None, 4)
+    with pytest.raises(ValueError, match=match):
+        q(batch)
+
+
+def test_a_weight_quantizer_with_nan_weights_names_its_layer():
+    q = pe.quantize_model(randomize_bn(dw_separable_cnn()), 4, None)
+    q[3].weight.data[0, 0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"the weight quantizer of 3, initialising .*NaN or inf"):
+        q(torch.randn(2, 3, 16, 16))
