@@ -28,6 +28,7 @@ from .common import (
     load_split,
     model_from_args,
     say,
+    show_progress,
 )
 
 __all__ = ["add_evaluate_parser", "add_release_parser", "cmd_evaluate", "cmd_release"]
@@ -58,7 +59,8 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--ledger-id", default=None, metavar="ID",
                    help="with --ledger: the line's id (default: scale/dataset/model/stem-width/method/bits/"
                         "copy); an EMA copy gets ID/ema")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar (default: on when the output is a terminal)")
     p.set_defaults(handler=cmd_evaluate)
 
 
@@ -87,6 +89,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     state.restore(model, ema_model=ema_model)
     model.to(device)
     loader = data.DeviceLoader(test, args.batch_size, train=False, device=device)
+    args.progress = show_progress(args.progress)
     results = {"model": evaluate(model, loader, device, progress=args.progress)}
     if ema_model is not None:
         ema_model.to(device)
