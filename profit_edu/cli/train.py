@@ -62,7 +62,7 @@ class TrainScale:
         epochs, batch_size, width_mult, lr, warmup_epochs, ema_decay: the training defaults (``ema_decay`` None:
             no weight EMA).
         finetune_lr: the default learning rate with ``--init`` (fine-tuning a trained model: at the from-scratch
-            lr, quick-scale W4A4 from the shipped 85 % model fell to 20-37 %).
+            lr a converged model loses more than quantization costs).
         stem_stride: None: the builder's default (1 with the CIFAR stem: total stride 8).
         help: one line for ``profit-edu train --help``.
     """
