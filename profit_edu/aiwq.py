@@ -79,6 +79,8 @@ __all__ = [
 
 DEFAULT_EMA = 0.999  # official code: M <- 0.999 M + 0.001 v
 DEFAULT_SKIP_ABOVE = 1.0  # official code: values > 1 are discarded
+#: How the ranks of a distributed run combine AIWQ (see :class:`AIWQTracker`).
+DISTRIBUTED_MODES = ("average", "batch")
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,6 +335,30 @@ class _HookSet:
         self.remove()
 
 
+def _world_size() -> int:
+    """The number of processes of ``torch.distributed`` (1 when it is not initialised)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _add_up_ranks(parts: list[Tensor], n: Tensor) -> tuple[list[Tensor], Tensor]:
+    """Every rank's per-channel partial sums (:func:`_partial_sums` of y_new, then of y_old) as the sums of the
+    whole global batch: each rank shifts its sums to rank 0's pivots p0 (d' = d + delta, delta = p - p0, so
+    s1' = s1 + n delta and s2' = s2 + 2 delta s1 + n delta^2; rank 0's are unchanged), then one ``all_reduce``
+    adds them and the counts ``n`` up. Returns the six tensors (pivots now p0) and the total counts."""
+    import torch.distributed as dist
+
+    pivots = torch.stack([parts[0], parts[3]]).double()
+    p0 = pivots.clone()
+    dist.broadcast(p0, src=0)
+    delta = pivots - p0
+    s1, s2 = torch.stack([parts[1], parts[4]]), torch.stack([parts[2], parts[5]])
+    total = torch.cat([s1 + n * delta, s2 + 2 * delta * s1 + n * delta**2, n[None]])
+    dist.all_reduce(total)
+    return [p0[0], total[0], total[2], p0[1], total[1], total[3]], total[4]
+
+
 def _check_positive_int(value: object, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -368,12 +394,14 @@ class AIWQTracker(_HookSet):
     *Epochs.* Call :meth:`reset_epoch` at the start of each epoch: snapshots are dropped, so the first step
     after it gives no value (as in the official code).
 
-    *Distributed training (DDP).* Each rank measures AIWQ on its own sub-batch and keeps its own EMA (the
-    official code used GPU 0's sub-batch only). :meth:`sync` averages ``M`` over all ranks with one
-    ``all_reduce``; :meth:`values` and :meth:`ranking` call it by default, so every rank freezes the same
-    layers. Averaging the EMAs equals the EMA of the rank-averaged values, except where one rank skipped an
-    outlier that another kept. (All-reducing the per-channel sums before the KL would measure the whole batch,
-    but costs a collective per step.) Every rank must then call :meth:`values` / :meth:`ranking` together.
+    *Distributed training (DDP).* With ``distributed="average"`` (the default) each rank measures AIWQ on its own
+    sub-batch and keeps its own EMA (the official code used GPU 0's sub-batch only). :meth:`sync` averages ``M``
+    over all ranks with one ``all_reduce``; :meth:`values` and :meth:`ranking` call it by default, so every rank
+    freezes the same layers. Averaging the EMAs equals the EMA of the rank-averaged values, except where one rank
+    skipped an outlier that another kept. Every rank must then call :meth:`values` / :meth:`ranking` together.
+    With ``distributed="batch"`` the ranks add up their per-channel sums at every measured step (one
+    ``all_reduce`` at the end of the step's forward), so each rank measures the whole global batch, exactly what one
+    process training on it would, and all hold the same ``M``. Without ``torch.distributed`` both are the same.
 
     Args:
         model: a quantized model (the hooks go on its :class:`~profit_edu.layers.QConv2d` layers).
@@ -384,6 +412,7 @@ class AIWQTracker(_HookSet):
         aiwq_zero_pad: recompute ``Y_old`` with zero padding, as the official code did for -3/8-padded layers
             (the recipe quirk of the same name).
         raw_history: how many recent raw per-step values to keep per layer for plots (0: none).
+        distributed: ``"average"`` or ``"batch"``: how ranks combine their measurements (see above).
 
     Raises:
         ValueError: bad arguments, or a model without quantized convs.
@@ -399,7 +428,7 @@ class AIWQTracker(_HookSet):
 
     def __init__(self, model: nn.Module, *, ema: float = DEFAULT_EMA, skip_above: float = DEFAULT_SKIP_ABOVE,
                  include_linear: bool = False, every: int = 1, aiwq_zero_pad: bool = False,
-                 raw_history: int = 1000) -> None:
+                 raw_history: int = 1000, distributed: str = "average") -> None:
         super().__init__()
         if not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0 <= ema < 1:
             raise ValueError(f"ema must be a number in [0, 1), got {ema!r}")
@@ -407,6 +436,9 @@ class AIWQTracker(_HookSet):
             raise ValueError(f"skip_above must be a number > 0 (math.inf keeps every value), got {skip_above!r}")
         if not isinstance(raw_history, int) or isinstance(raw_history, bool) or raw_history < 0:
             raise ValueError(f"raw_history must be an int >= 0, got {raw_history!r}")
+        if distributed not in DISTRIBUTED_MODES:
+            raise ValueError(f"distributed must be one of {DISTRIBUTED_MODES}, got {distributed!r}")
+        self.distributed = distributed
         self.ema = float(ema)
         self.skip_above = float(skip_above)
         self.every = _check_positive_int(every, "every")
@@ -428,6 +460,8 @@ class AIWQTracker(_HookSet):
         self._raw_total = 0
         self._work: Tensor | None = None  # CPU scratch buffer for Y_new - pivot
         self._handles.append(model.register_forward_pre_hook(self._on_model_forward))
+        if distributed == "batch":  # every rank adds up its sums at the same moment: the end of the step's forward
+            self._handles.append(model.register_forward_hook(lambda m, inputs, out: self._flush()))
         for i, (_, layer) in enumerate(layers):
             self._handles.append(layer.weight_quant.register_forward_hook(self._weight_hook(i, layer)))
             self._handles.append(layer.register_forward_hook(self._layer_hook(i)))
@@ -497,6 +531,8 @@ class AIWQTracker(_HookSet):
         device = pending[0][2][0].device
         seg, n = self._segment_map(ids, [p[2][0].numel() for p in pending], [p[1] for p in pending], device)
         cat = [torch.cat([p[k][j] for p in pending], dim=-1) for k in (2, 3) for j in range(3)]
+        if self.distributed == "batch" and _world_size() > 1:
+            cat, n = _add_up_ranks(cat, n)
         mean_new, var_new = _finish_stats(*cat[:3], n)
         mean_old, var_old = _finish_stats(*cat[3:], n)
         keep = (var_new > 0) & (var_old > 0)
@@ -542,7 +578,7 @@ class AIWQTracker(_HookSet):
         import torch.distributed as dist
 
         self._flush()
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if self.distributed == "batch" or _world_size() == 1:  # "batch": every rank holds the global values already
             return
         m, n = self._state_tensors()
         dist.all_reduce(m)

@@ -64,15 +64,17 @@ from torch import Tensor, nn
 
 from .layers import quantizers
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "JSON_NAME", "Checkpoint", "CheckpointError",
-           "atomic_write_bytes", "check_bits_match", "has_checkpoint", "load_checkpoint", "load_state_strict",
-           "quantizer_bits", "release_checkpoint", "remove_stale_temporaries", "save_checkpoint", "teacher_buffers"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "JSON_NAME", "PREVIOUS_JSON_NAME", "Checkpoint",
+           "CheckpointError", "atomic_write_bytes", "check_bits_match", "has_checkpoint", "load_checkpoint",
+           "load_state_strict", "quantizer_bits", "release_checkpoint", "remove_stale_temporaries", "save_checkpoint",
+           "teacher_buffers"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "profit-edu-checkpoint"
 CHECKPOINT_VERSION = 1
 JSON_NAME = "checkpoint.json"
+PREVIOUS_JSON_NAME = "checkpoint.previous.json"  # the epoch before, kept by save_checkpoint(keep_previous=True)
 PREFIXES = ("model", "ema", "momentum", "rng", "extra")
 TEACHER_PREFIX = "teacher."  # extra/teacher.<buffer>: a train-mode teacher's BN statistics
 MAX_JSON_BYTES = 64 * 2**20  # a checkpoint.json is kilobytes (history grows ~300 bytes an epoch); refuse giants
@@ -399,10 +401,13 @@ def save_checkpoint(
     meta: Mapping[str, Any] | None = None,
     rng: Mapping[str, Tensor] | None = None,
     extra: Mapping[str, Tensor] | None = None,
+    keep_previous: bool = False,
 ) -> Path:
     """Write the checkpoint of a completed ``epoch`` into ``directory`` atomically; returns the JSON's path.
 
-    The tensor file of the previous checkpoint is deleted only after the new JSON is in place.
+    The tensor file of the previous checkpoint is deleted only after the new JSON is in place; with
+    ``keep_previous`` the previous checkpoint stays, its JSON copied to ``checkpoint.previous.json``
+    (:data:`PREVIOUS_JSON_NAME`, loadable with :func:`load_checkpoint`), a fallback for a damaged latest one.
 
     Args:
         directory: the run directory (created if needed).
@@ -428,15 +433,16 @@ def save_checkpoint(
     tensors |= _to_saveable(dict(rng or {}), "rng")
     tensors |= _to_saveable(dict(extra or {}), "extra")
     json_path = _write(directory, epoch, tensors, has_ema=ema_model is not None, bits=quantizer_bits(model),
-                       config=config, meta=meta, history=history)
+                       config=config, meta=meta, history=history, keep_previous=keep_previous)
     log.info("saved checkpoint of epoch %d to %s", epoch, json_path)
     return json_path
 
 
 def _write(directory: Path, epoch: int, tensors: dict[str, Tensor], *, has_ema: bool,
            bits: Mapping[str, int | None], config: Mapping[str, Any] | None, meta: Mapping[str, Any] | None,
-           history: Iterable[Mapping[str, Any]]) -> Path:
-    """Write the tensor file, then the JSON that points to it (the commit point); drop older tensor files."""
+           history: Iterable[Mapping[str, Any]], keep_previous: bool = False) -> Path:
+    """Write the tensor file, then the JSON that points to it (the commit point); drop older tensor files (but
+    the previous checkpoint's, copied to :data:`PREVIOUS_JSON_NAME` first, with ``keep_previous``)."""
     remove_stale_temporaries(directory)  # what a save killed earlier left behind
     blob = safetensors_save(tensors, metadata={"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION)})
     digest = hashlib.sha256(blob).hexdigest()
@@ -455,9 +461,15 @@ def _write(directory: Path, epoch: int, tensors: dict[str, Tensor], *, has_ema: 
 
     atomic_write_bytes(directory / file_name, blob)
     json_path = directory / JSON_NAME
+    keep = {file_name}
+    if keep_previous and json_path.is_file():
+        before = json_path.read_bytes()
+        atomic_write_bytes(directory / PREVIOUS_JSON_NAME, before)
+        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):  # a damaged one keeps nothing
+            keep.add(str(json.loads(before)["tensors"]["file"]))
     atomic_write_bytes(json_path, text.encode())  # the commit point: from here on, the new checkpoint is current
     for stale in directory.glob("epoch-*.safetensors"):  # older epochs, and leftovers of a killed run
-        if stale.name != file_name:
+        if stale.name not in keep:
             stale.unlink(missing_ok=True)
     return json_path
 

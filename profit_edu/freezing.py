@@ -33,11 +33,12 @@ if TYPE_CHECKING:  # types only: freezing sits below the recipe and the schedule
 __all__ = ["freeze_count", "frozen_for_phase", "make_tracker", "random_freeze_order", "weight_layers"]
 
 
-def make_tracker(recipe: Recipe, model: nn.Module) -> AIWQTracker:
-    """The AIWQ tracker of the sampling phases, configured by the recipe (the ``aiwq_zero_pad`` quirk)."""
+def make_tracker(recipe: Recipe, model: nn.Module, *, distributed: str = "average") -> AIWQTracker:
+    """The AIWQ tracker of the sampling phases, configured by the recipe (the ``aiwq_zero_pad`` quirk);
+    ``distributed`` says how the processes of a distributed run combine it (see :class:`AIWQTracker`)."""
     a = recipe.aiwq
     return AIWQTracker(model, ema=a.ema, skip_above=a.skip_above, include_linear=a.include_linear, every=a.every,
-                       aiwq_zero_pad=recipe.has("aiwq_zero_pad"))
+                       aiwq_zero_pad=recipe.has("aiwq_zero_pad"), distributed=distributed)
 
 
 def freeze_count(num_layers: int, fraction: Fraction) -> int:

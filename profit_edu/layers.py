@@ -201,9 +201,19 @@ class QAct(nn.Module):
             return x if self.act is None else self.act(x)
         y = x if (self.act is None or self._subsumed) else self.act(x)
         if not q._ready:  # first quantized batch: initialise a, c from it (see clip_init.act_init_value)
-            post = self.act(x) if self._subsumed else y
-            q.init_on_first_use(x if q.init_style == "reference" else post, cap=self._cap)
+            self.init_quantizer(x, y)
         return q.quantize(y)
+
+    def init_quantizer(self, x: Tensor, y: Tensor | None = None) -> None:
+        """Initialise the quantizer from a batch of this module's *inputs* ``x``, as its first quantized forward
+        does: from ``x`` itself in the ``"reference"`` style, else from the activation's output (``y``, when the
+        caller has it). Training on several processes calls it with every process's batch (see
+        :mod:`profit_edu.distributed`), so that all initialise alike."""
+        q = self.quantizer
+        if y is None:
+            y = x if (self.act is None or self._subsumed) else self.act(x)
+        post = self.act(x) if self._subsumed else y
+        q.init_on_first_use(x if q.init_style == "reference" else post, cap=self._cap)
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from . import data as pdata
 from .aiwq import AIWQTracker, layer_kinds, tracked_layers
 from .checkpoint import JSON_NAME, Checkpoint, CheckpointError, atomic_write_bytes, load_checkpoint
+from .distributed import gather_first_use
 from .ema import ModelEMA
 from .freezing import frozen_for_phase, make_tracker, random_freeze_order
 from .layers import QAct, QConv2d, QLinear, calibrate, quantize_model, set_bits
@@ -51,6 +52,9 @@ from .pretrained import PRETRAINED, pretrained_dir
 from .recipe import Recipe, RecipeError
 from .schedule import Phase, check_recipe_for_model, expand_phases, format_plan
 from .train import fit
+
+if TYPE_CHECKING:  # annotations only
+    from .distributed import World
 
 __all__ = ["PhaseResult", "RecipeResult", "build_loaders", "build_model", "build_teacher", "load_init", "phase_config",
            "prepare_model", "run_recipe", "set_phase_bits"]
@@ -205,7 +209,8 @@ def set_phase_bits(model: nn.Module, recipe: Recipe, phase: Phase) -> None:
 
 
 def phase_config(recipe: Recipe, phase: Phase, *, frozen: tuple[str, ...] = (), epochs: int | None = None,
-                 seed: int = 0, device: str = "cpu", progress: bool = False) -> TrainConfig:
+                 seed: int = 0, device: str = "cpu", progress: bool = False, channels_last: bool = False
+                 ) -> TrainConfig:
     """The :class:`~profit_edu.train.TrainConfig` of a phase (``epochs`` overrides its length: one epoch at a
     time for the constant-lr sampling phase)."""
     o = recipe.train
@@ -216,7 +221,7 @@ def phase_config(recipe: Recipe, phase: Phase, *, frozen: tuple[str, ...] = (), 
         warmup_epochs=min(phase.warmup_epochs, n) if phase.lr_schedule == "cosine" else 0,
         quant_lr_mult=o.quant_lr_mult, ema_decay=o.ema_decay, kd_weight=o.kd_weight,
         teacher_train_mode=recipe.has("teacher_train_mode"), frozen=frozen, seed=seed, device=device,
-        progress=progress, grad_clip=o.grad_clip, label_smoothing=o.label_smoothing,
+        progress=progress, grad_clip=o.grad_clip, label_smoothing=o.label_smoothing, channels_last=channels_last,
     )
 
 
@@ -249,7 +254,8 @@ class RecipeResult:
 
 def run_recipe(recipe: Recipe, model: nn.Module, train_loader: Any, val_loader: Any, *, out_dir: str | os.PathLike,
                teacher: nn.Module | None = None, device: str = "cpu", progress: bool = False, resume: bool = True,
-               callback: Callable[[Phase, int, dict[str, Any]], None] | None = None) -> RecipeResult:
+               callback: Callable[[Phase, int, dict[str, Any]], None] | None = None, world: World | None = None,
+               channels_last: bool = False, keep_previous: bool = False) -> RecipeResult:
     """Train a float model through every phase of a PROFIT recipe, resumably (``out_dir`` as the module says).
 
     Args:
@@ -264,6 +270,11 @@ def run_recipe(recipe: Recipe, model: nn.Module, train_loader: Any, val_loader: 
         progress: progress bars.
         resume: skip finished phases and resume the current one from ``out_dir``; False starts over.
         callback: ``callback(phase, epoch, record)`` after every epoch (epoch counted within the phase).
+        world: train on several processes (see :mod:`profit_edu.distributed`; every process calls run_recipe with
+            its shard of the data): fit trains through DistributedDataParallel, calibration and AIWQ see the whole
+            global batch, and only the main process writes files.
+        channels_last: train in the NHWC memory layout (see :class:`~profit_edu.train.TrainConfig`).
+        keep_previous: keep each phase's previous epoch checkpoint too (a fallback for a damaged latest one).
 
     Returns:
         A :class:`RecipeResult`.
@@ -276,12 +287,17 @@ def run_recipe(recipe: Recipe, model: nn.Module, train_loader: Any, val_loader: 
     _check_inputs(recipe, model, teacher)
     out = Path(out_dir)
     units = _units(expand_phases(recipe), out)
-    _save_recipe(recipe, out, resume)
-    ema = _start_run(recipe, model, out)
+    main = world is None or world.is_main
+    _save_recipe(recipe, out, resume, write=main)
+    ema = _start_run(recipe, model, out, write=main)
+    if world is not None:
+        gather_first_use(model, world)  # a quantizer's first batch is the global batch on every process
+        world.barrier()  # every process has read what the run directory held before the main one wrote
     first_todo = _finished_units(units, resume)
     teachers = _Teachers(recipe, model, teacher, units, device)
     run = _Run(recipe, model, train_loader, val_loader, out, units, ema, teachers, first_todo=first_todo,
-               device=device, progress=progress, resume=resume, callback=callback)
+               device=device, progress=progress, resume=resume, callback=callback, world=world,
+               channels_last=channels_last, keep_previous=keep_previous)
     if first_todo > 0:  # resuming: continue from the last finished unit's weights (and EMA)
         run.restored = _continue_after(run, units[first_todo - 1])
     results: dict[int, PhaseResult] = {}
@@ -300,7 +316,10 @@ def run_recipe(recipe: Recipe, model: nn.Module, train_loader: Any, val_loader: 
     if (run.ranking is None and ranking_file.is_file() and recipe.schedule.profit_bits
             and recipe.schedule.freeze == "aiwq"):
         run.ranking = _read_ranking(ranking_file)
-    _publish_result(units[-1].directory, out)
+    if main:
+        _publish_result(units[-1].directory, out)
+    if world is not None:
+        world.barrier()
     return RecipeResult([results[i] for i in sorted(results)], run.ranking, model, ema)
 
 
@@ -407,6 +426,9 @@ class _Run:
     progress: bool
     resume: bool
     callback: Callable[[Phase, int, dict[str, Any]], None] | None
+    world: World | None = None
+    channels_last: bool = False
+    keep_previous: bool = False
     restored: Checkpoint | None = None
     tracker: AIWQTracker | None = None
     ranking: list[tuple[str, float]] | None = None
@@ -423,26 +445,40 @@ def _check_inputs(recipe: Recipe, model: nn.Module, teacher: nn.Module | None) -
     check_recipe_for_model(recipe, model)
 
 
-def _save_recipe(recipe: Recipe, out: Path, resume: bool) -> None:
-    """Write ``recipe.json``, refusing to resume a run directory that holds another recipe's run."""
+#: Recipe fields that may change between a run and its resumption: where the data is and how it is read.
+RESUME_FREE_DATA = ("root", "workers")
+
+
+def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    def core(d: dict[str, Any]) -> dict[str, Any]:
+        return {**d, "data": {k: v for k, v in d.get("data", {}).items() if k not in RESUME_FREE_DATA}}
+
+    return core(a) == core(b)
+
+
+def _save_recipe(recipe: Recipe, out: Path, resume: bool, *, write: bool = True) -> None:
+    """Write ``recipe.json`` (when ``write``), refusing to resume a run directory that holds another recipe's run
+    (the data's folder and worker count may change: a copy of ImageNet on another disk trains the same)."""
     saved_recipe = out / "recipe.json"
     if resume and saved_recipe.is_file():
         before = json.loads(saved_recipe.read_text())
-        if before != json.loads(json.dumps(recipe.to_dict(), default=str)):
+        if not _same_run(before, json.loads(json.dumps(recipe.to_dict(), default=str))):
             raise RecipeError(f"{out} holds a run of another recipe ({before.get('name')}); use another out_dir, or "
                               "resume=False to start over")
-    _write_json(saved_recipe, recipe.to_dict())
+    if write:
+        _write_json(saved_recipe, recipe.to_dict())
 
 
-def _start_run(recipe: Recipe, model: nn.Module, out: Path) -> ModelEMA | None:
-    """Quantize the model with every quantizer off; write the plan (and the drawn order of ``freeze: random``);
-    return the weight EMA kept across all phases (None without ``ema_decay``)."""
+def _start_run(recipe: Recipe, model: nn.Module, out: Path, *, write: bool = True) -> ModelEMA | None:
+    """Quantize the model with every quantizer off; write the plan (and the drawn order of ``freeze: random``)
+    when ``write``; return the weight EMA kept across all phases (None without ``ema_decay``)."""
     prepare_model(recipe, model)
     num_layers = len(tracked_layers(model, include_linear=recipe.aiwq.include_linear))
-    if recipe.schedule.freeze == "random":
+    if write and recipe.schedule.freeze == "random":
         _write_json(out / "random_order.json", {"seed": recipe.seed, "order": random_freeze_order(
             model, seed=recipe.seed, include_linear=recipe.aiwq.include_linear)})
-    (out / "plan.txt").write_text(format_plan(recipe, num_layers=num_layers) + "\n")
+    if write:
+        (out / "plan.txt").write_text(format_plan(recipe, num_layers=num_layers) + "\n")
     fixed = recipe.mode == "fixed"
     return ModelEMA(model, recipe.train.ema_decay, warmup=fixed) if recipe.train.ema_decay is not None else None
 
@@ -470,7 +506,7 @@ def _train_unit(run: _Run, u: _Unit) -> tuple[list[dict[str, Any]], tuple[str, .
     before = run.units[u.index - 1].phase if u.index > 0 else None
     bits_before = (before.act_bits, before.weight_bits) if before is not None else (None, None)
     if recipe.mode == "fixed" and (p.act_bits, p.weight_bits) != bits_before:
-        _calibrate_for_phase(run.model, run.ema, run.train_loader, recipe, epoch=u.epoch_offset)
+        _calibrate_for_phase(run.model, run.ema, run.train_loader, recipe, epoch=u.epoch_offset, world=run.world)
     if u.index == run.first_todo and run.restored is not None and recipe.has("teacher_train_mode"):
         _restore_teacher(run, u)
     measures = p.kind == "sampling" and recipe.schedule.freeze == "aiwq"  # the other policies need no ranking
@@ -481,11 +517,17 @@ def _train_unit(run: _Run, u: _Unit) -> tuple[list[dict[str, Any]], tuple[str, .
         run.ranking = _read_ranking(sampling_dir / "aiwq_ranking.json")  # its sampling phase finished earlier
     frozen = frozen_for_phase(recipe, p, run.model, run.ranking)
     history = _fit_unit(run, u, frozen)
+    main = run.world is None or run.world.is_main
     if run.tracker is not None:
-        _write_json(u.directory / "aiwq_state.json", run.tracker.state_dict())
+        state = run.tracker.state_dict()  # on every process: it may finish the step's measurement, a collective
+        if main:
+            _write_json(u.directory / "aiwq_state.json", state)
     if measures and u.last_of_phase:
-        _finish_sampling(run, u)
-    _write_json(u.directory / "done.json", {"phase": p.name, "history": list(history), "frozen": list(frozen)})
+        _finish_sampling(run, u, write=main)
+    if main:
+        _write_json(u.directory / "done.json", {"phase": p.name, "history": list(history), "frozen": list(frozen)})
+    if run.world is not None:
+        run.world.barrier()
     return history, frozen
 
 
@@ -499,7 +541,7 @@ def _restore_teacher(run: _Run, u: _Unit) -> None:
 
 def _start_tracker(run: _Run, u: _Unit) -> AIWQTracker:
     """The sampling phase's AIWQ tracker; resuming inside the phase, with the EMA so far."""
-    tracker = make_tracker(run.recipe, run.model)
+    tracker = make_tracker(run.recipe, run.model, distributed="batch" if run.world is not None else "average")
     if run.units[u.index - 1].phase is u.phase:
         tracker.load_state_dict(json.loads((run.units[u.index - 1].directory / "aiwq_state.json").read_text()))
     return tracker
@@ -508,7 +550,7 @@ def _start_tracker(run: _Run, u: _Unit) -> AIWQTracker:
 def _fit_unit(run: _Run, u: _Unit, frozen: tuple[str, ...]) -> list[dict[str, Any]]:
     """:func:`~profit_edu.train.fit` for one unit: the phase's config, teacher, checkpoints and callback."""
     config = phase_config(run.recipe, u.phase, frozen=frozen, epochs=u.epochs, seed=run.recipe.seed + u.index,
-                          device=run.device, progress=run.progress)
+                          device=run.device, progress=run.progress, channels_last=run.channels_last)
     if run.tracker is not None:
         run.tracker.reset_epoch()
 
@@ -519,7 +561,8 @@ def _fit_unit(run: _Run, u: _Unit, frozen: tuple[str, ...]) -> list[dict[str, An
     return fit(run.model, _OffsetLoader(run.train_loader, u.epoch_offset), run.val_loader, config,
                teacher=run.teachers.for_phase(u.phase), out_dir=u.directory,
                resume=run.resume and u.index == run.first_todo and u.phase.kind != "sampling",
-               callback=report, ema=run.ema, meta=_meta(run.recipe, u.phase))
+               callback=report, ema=run.ema, meta=_meta(run.recipe, u.phase), world=run.world,
+               keep_previous=run.keep_previous)
 
 
 def _meta(recipe: Recipe, phase: Phase) -> dict[str, Any]:
@@ -531,16 +574,18 @@ def _meta(recipe: Recipe, phase: Phase) -> dict[str, Any]:
         "weight_bits": phase.weight_bits, "act_bits": phase.act_bits}, "phase": phase.name}
 
 
-def _finish_sampling(run: _Run, u: _Unit) -> None:
-    """The end of the sampling phase: rank the layers by their AIWQ EMA, save the ranking, remove the tracker."""
+def _finish_sampling(run: _Run, u: _Unit, *, write: bool = True) -> None:
+    """The end of the sampling phase: rank the layers by their AIWQ EMA, save the ranking (when ``write``), remove
+    the tracker."""
     tracker, p = run.tracker, u.phase
     run.ranking = tracker.ranking()
     kinds = layer_kinds(run.model, include_linear=run.recipe.aiwq.include_linear)
     rows = [{"layer": n, "aiwq": v, "kind": kinds[n]} for n, v in run.ranking]
     doc = {"phase": p.name, "weight_bits": p.weight_bits, "layers": len(rows), "ranking": rows,
            "counts": tracker.counts()}
-    _write_json(u.directory.parent / "aiwq_ranking.json", doc)
-    _write_json(run.out / "aiwq_ranking.json", doc)
+    if write:
+        _write_json(u.directory.parent / "aiwq_ranking.json", doc)
+        _write_json(run.out / "aiwq_ranking.json", doc)
     tracker.remove()
     run.tracker = None
 
@@ -562,19 +607,26 @@ def _self_teacher(model: nn.Module, state: Any | None) -> nn.Module:
     return teacher.eval().requires_grad_(False)
 
 
-def _calibrate_for_phase(model: nn.Module, ema: Any | None, loader: Any, recipe: Recipe, *, epoch: int) -> None:
+def _calibrate_for_phase(model: nn.Module, ema: Any | None, loader: Any, recipe: Recipe, *, epoch: int,
+                         world: World | None = None) -> None:
     """Fixed mode, when a phase changes the bit widths: choose clips from ``calibration_images`` training images
     (new quantizers are initialised; lowered ones keep their learned a, c unless the new clip has a lower
-    quantization error) and restart the weight EMA from the model (an average across bit widths mixes grids)."""
+    quantization error) and restart the weight EMA from the model (an average across bit widths mixes grids).
+
+    With ``world`` every process calibrates on the whole global batches (:meth:`World.gather_batch`), and the
+    main process's result is then copied to all, so they start the phase identical."""
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)  # the phase's first batches, whatever ran before (exact resume)
     batches, seen = [], 0
     for x, _ in loader:
+        x = world.gather_batch(x) if world is not None else x
         batches.append(x)
         seen += len(x)
         if seen >= recipe.data.calibration_images:
             break
     calibrate(model, batches, bn="batch", keep_learned=True, seed=recipe.seed)
+    if world is not None:
+        world.broadcast_module(model)
     if ema is not None:
         ema.reset(model)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from .checkpoint import JSON_NAME, Checkpoint, CheckpointError, atomic_write_byt
 from .data import default_cache_dir
 from .models import get_model
 
-__all__ = ["BASE_URL", "PRETRAINED", "Pretrained", "load_pretrained", "pretrained_dir"]
+__all__ = ["BASE_URL", "PRETRAINED", "Pretrained", "fetch_weights", "load_pretrained", "pretrained_dir"]
 
 #: The repository's raw files (its URL is the one in the book's ``_config.yml``; a test checks they agree).
 BASE_URL = "https://raw.githubusercontent.com/profit-edu/profit_edu/main/data/pretrained"
@@ -93,6 +94,41 @@ def _fetch(url: str, target: Path) -> bytes:
         blob = response.read()
     atomic_write_bytes(target, blob)
     return blob
+
+
+#: torchvision's weight files carry the start of their sha256 in their name: ``resnet101-cd907fc2.pth``.
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
+
+
+def fetch_weights(url: str, directory: str | os.PathLike[str] | None = None) -> Path:
+    """A weights file (e.g. torchvision's ResNet-101, the PROFIT teacher), downloaded once; returns its path.
+
+    The file goes to ``directory`` (default: torch hub's checkpoint cache, ``$TORCH_HOME/hub/checkpoints``, where
+    torchvision keeps its weights, so a file torchvision fetched before is reused) through the atomic writer. When
+    its name carries a sha256 prefix, as torchvision's do, the bytes must match it, downloaded or cached.
+    ``file://`` URLs work too (a copy on a shared disk of a cluster without internet).
+
+    Raises:
+        CheckpointError: the file's sha256 does not match the prefix in its name.
+        OSError: the URL cannot be read or the folder not written.
+    """
+    import torch
+
+    name = url.rsplit("/", 1)[-1]
+    path = (Path(directory) if directory is not None else Path(torch.hub.get_dir()) / "checkpoints") / name
+    expected = _HASH_IN_NAME.search(name)
+    if path.is_file():
+        if expected and not hashlib.sha256(path.read_bytes()).hexdigest().startswith(expected[1]):
+            raise CheckpointError(f"{path}: its sha256 does not start with {expected[1]}, as its name says: the file "
+                                  "is damaged; delete it to download it again")
+        return path
+    with urllib.request.urlopen(url, timeout=60) as response:
+        blob = response.read()
+    if expected and not hashlib.sha256(blob).hexdigest().startswith(expected[1]):
+        raise CheckpointError(f"the file downloaded from {url} does not have the sha256 its name promises "
+                              f"({expected[1]}...): try again, or download it by hand to {path}")
+    atomic_write_bytes(path, blob)
+    return path
 
 
 def pretrained_dir(name: str, *, download: bool = False, base_url: str = BASE_URL,

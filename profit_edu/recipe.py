@@ -1,7 +1,8 @@
 """A PROFIT recipe: the whole training schedule as data, in a YAML file loaded into frozen dataclasses.
 
 A recipe (``profit_edu/recipes/*.yaml``, ``version: 1``) maps one to one onto :class:`Recipe`, which holds
-:class:`ModelSpec`, :class:`DataSpec`, :class:`OptimSpec`, :class:`ScheduleSpec` and :class:`AIWQSpec`.
+:class:`ModelSpec`, :class:`DataSpec`, :class:`OptimSpec`, :class:`ScheduleSpec` and :class:`AIWQSpec` (and, for
+the ImageNet recipes, :class:`ReproduceSpec`).
 :func:`profit_edu.schedule.expand_phases` turns it into phases; :func:`profit_edu.pipeline.run_recipe` trains
 them. Unknown keys, impossible bit orders, fractions outside [0, 1] and values out of range are rejected
 before any training, with the file and line (:class:`RecipeError`).
@@ -32,8 +33,8 @@ from .models import get_model, list_models
 from .quant import METHODS
 
 __all__ = ["DATASETS", "FREEZE_POLICIES", "QUIRKS", "RECIPE_DIR", "RECIPE_MODES", "RECIPE_VERSION", "AIWQSpec",
-           "DataSpec", "ModelSpec", "OptimSpec", "Recipe", "RecipeError", "ScheduleSpec", "list_recipes", "load_recipe",
-           "parse_recipe", "recipe_path"]
+           "DataSpec", "ModelSpec", "OptimSpec", "Recipe", "RecipeError", "ReproduceSpec", "ScheduleSpec",
+           "list_recipes", "load_recipe", "parse_recipe", "recipe_path"]
 
 RECIPE_VERSION = 1
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
@@ -292,6 +293,36 @@ class AIWQSpec:
 
 
 @dataclass(frozen=True)
+class ReproduceSpec:
+    """How ``profit-edu reproduce`` runs an ImageNet recipe on several processes, and what it should reach.
+
+    ``data.batch_size`` is the *global* batch, split evenly over the processes. ``lr_scaling`` says what another
+    global batch (``--batch-size``) does to the learning rates: ``linear`` scales ``lr`` and ``fp_lr`` by
+    new batch / ``data.batch_size`` (Goyal et al. 2017), ``none`` keeps them. ``amp`` (bfloat16 autocast of the
+    training forwards), ``channels_last`` and ``sync_bn`` (BatchNorm over the global batch) are defaults the
+    command line can override. ``expected_top1`` is the paper's number where one is known, with its source in
+    ``expected_source`` (null and a note saying what is known where none is).
+    """
+
+    lr_scaling: str = "linear"
+    amp: bool = False
+    channels_last: bool = False
+    sync_bn: bool = True
+    expected_top1: float | None = None
+    expected_source: str = ""
+
+    def __post_init__(self) -> None:
+        _need(self.lr_scaling in ("linear", "none"), "lr_scaling", "'linear' or 'none'", self.lr_scaling)
+        for name in ("amp", "channels_last", "sync_bn"):
+            _need(isinstance(getattr(self, name), bool), name, "true or false", getattr(self, name))
+        _need(self.expected_top1 is None or (_is_real(self.expected_top1) and 0 < self.expected_top1 <= 100),
+              "expected_top1", "a top-1 in (0, 100] or null (not known)", self.expected_top1)
+        _need(isinstance(self.expected_source, str), "expected_source", "a string", self.expected_source)
+        if self.expected_top1 is not None and not self.expected_source:
+            raise _FieldError("expected_source", "expected_source must say where expected_top1 comes from")
+
+
+@dataclass(frozen=True)
 class RecipeSource:
     """Where a recipe came from: the file name and the line of every key (for error messages)."""
 
@@ -333,6 +364,7 @@ class Recipe:
     seed: int = 0
     method: str = "duq"
     init: str | None = None
+    reproduce: ReproduceSpec | None = None
     source: RecipeSource | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -373,6 +405,8 @@ class Recipe:
         """The recipe as plain data (fractions as "p/q" strings), as it would be written in YAML."""
         d = dataclasses.asdict(self)
         d.pop("source")
+        if d["reproduce"] is None:  # optional: recipes without it keep the dict (and recipe.json) they had
+            d.pop("reproduce")
         d["schedule"]["freeze_fractions"] = [str(f) for f in self.schedule.freeze_fractions]
         for section, keys in (("schedule", ("act_bits", "weight_bits", "profit_bits", "always_frozen")),
                               ("", ("quirks",))):
@@ -386,7 +420,7 @@ class Recipe:
 # Loading YAML, with line numbers
 # --------------------------------------------------------------------------------------------
 SECTIONS: dict[str, type] = {"model": ModelSpec, "data": DataSpec, "train": OptimSpec, "schedule": ScheduleSpec,
-                             "aiwq": AIWQSpec}
+                             "aiwq": AIWQSpec, "reproduce": ReproduceSpec}
 
 
 MAX_RECIPE_BYTES = 2**20  # shipped recipes are 1-3 kB

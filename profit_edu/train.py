@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,9 @@ from . import checkpoint as ckpt
 from .ema import ModelEMA
 from .layers import quantizers
 from .optim import TrainConfig, lr_multiplier, make_optimizer, param_groups
+
+if TYPE_CHECKING:  # annotations only
+    from .distributed import World
 
 __all__ = ["DivergenceError", "History", "ModelEMA", "ResumeError", "TrainConfig", "bits_summary", "evaluate", "fit",
            "kd_loss", "lr_multiplier", "make_optimizer", "param_groups"]
@@ -97,14 +100,20 @@ def _correct_topk(logits: Tensor, y: Tensor, k: int) -> int:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], device: str | torch.device = "cpu",
-             *, progress: bool = False, desc: str = "eval") -> dict[str, float | None]:
+             *, progress: bool = False, desc: str = "eval", reduce: Callable[[Tensor], Tensor] | None = None
+             ) -> dict[str, float | None]:
     """Top-1 and top-5 accuracy (in percent) and the mean cross-entropy of ``model`` on ``loader``.
 
     The model runs in eval mode (BN uses its running statistics) and is put back in the mode it was in.
     ``top5`` is None when there are fewer than 5 classes.
 
+    ``reduce`` combines the counts of several processes that each scored a shard of the data: it gets the
+    float64 tensor (examples, top-1 hits, top-5 hits, summed loss) and returns its sum over the processes
+    (e.g. :meth:`profit_edu.distributed.World.all_reduce_sum`), so every process returns the scores of the whole
+    data set.
+
     Raises:
-        ValueError: the loader yields no examples.
+        ValueError: the loader yields no examples (on any process, with ``reduce``).
 
     >>> net = nn.Linear(2, 3); _ = net.weight.data.copy_(torch.eye(3, 2)); _ = net.bias.data.zero_()
     >>> evaluate(net, [(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 2]))])["top1"]
@@ -127,6 +136,9 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], device: 
             n += y.numel()
     finally:
         model.train(was_training)
+    if reduce is not None:  # the sums over every process's shard (the counts are exact in float64)
+        total = reduce(torch.tensor([n, correct1, correct5, loss_sum], dtype=torch.float64, device=device)).tolist()
+        n, correct1, correct5, loss_sum = int(total[0]), int(total[1]), int(total[2]), total[3]
     if n == 0:
         raise ValueError("evaluate got an empty loader: no examples to score")
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n if top5 else None, "loss": loss_sum / n}
@@ -172,15 +184,16 @@ class History(list):
 def _train_epoch(
     model: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: int,
     *, teacher: nn.Module | None, ema: ModelEMA | None, device: torch.device, last_good: str,
-    forward: nn.Module | None = None,
+    forward: nn.Module | None = None, eager: nn.Module | None = None,
 ) -> dict[str, Any]:
     """One epoch of SGD: for every batch, forward, loss, backward, step (and the EMA), log.
 
     ``forward`` (e.g. a ``torch.compile``d ``model``) runs the steps once the quantizers are ready (see
-    :class:`_Forward`). ``last_good`` names the last checkpoint on disk, for the message of a divergence.
+    :class:`_Forward`); ``eager`` (e.g. ``model`` in DistributedDataParallel) runs them until then. ``last_good``
+    names the last checkpoint on disk, for the message of a divergence.
     """
     model.train()
-    run_forward = _Forward(model, forward)
+    run_forward = _Forward(model, forward, eager)
     n = correct = steps = 0
     loss_sum = 0.0
     bar = _bar(loader, config.progress, f"epoch {epoch}", total=_safe_len(loader))
@@ -209,7 +222,8 @@ def _train_epoch(
 def fit(model: nn.Module, train_loader: Loader, val_loader: Iterable[tuple[Tensor, Tensor]] | None,
         config: TrainConfig, *, teacher: nn.Module | None = None, out_dir: str | os.PathLike | None = None,
         resume: bool = True, callback: Callable[[int, dict[str, Any]], None] | None = None,
-        ema: ModelEMA | None = None, meta: Mapping[str, Any] | None = None) -> History:
+        ema: ModelEMA | None = None, meta: Mapping[str, Any] | None = None, world: World | None = None,
+        keep_previous: bool = False) -> History:
     """Train ``model`` for ``config.epochs`` epochs; evaluate it (and its EMA) after each; checkpoint; resume.
 
     Each epoch: set the learning rate (:func:`lr_multiplier`), train (:func:`_train_epoch`: CE [+ kd_weight *
@@ -229,6 +243,12 @@ def fit(model: nn.Module, train_loader: Loader, val_loader: Iterable[tuple[Tenso
         ema: an existing :class:`~profit_edu.ema.ModelEMA` to keep averaging into (PROFIT keeps one across all
             phases); by default a new one is made when ``config.ema_decay`` is not None.
         meta: JSON facts stored in every checkpoint (the CLI stores the model-building arguments).
+        world: train on several processes (a :class:`~profit_edu.distributed.World`; the loaders give each its
+            shard): the steps run through ``world.wrap(model)`` (DistributedDataParallel averages the gradients),
+            process r seeds its generator with ``config.seed + r``, the history holds the numbers of all
+            processes together, and only the main process writes checkpoints (with every process's generator).
+        keep_previous: keep the previous epoch's checkpoint beside the latest (see
+            :func:`~profit_edu.checkpoint.save_checkpoint`), a fallback should the latest be damaged.
 
     Returns:
         The :class:`History`, including the epochs restored from a checkpoint.
@@ -244,48 +264,69 @@ def fit(model: nn.Module, train_loader: Loader, val_loader: Iterable[tuple[Tenso
     device = torch.device(config.device)
     optimizer, ema = _place(model, teacher, ema, config, device)
     out = Path(out_dir) if out_dir is not None else None
-    with _seeded_rng(config.seed, device):
-        history, start = _resume(out, model, optimizer, config, device, teacher, ema) if resume else (History(), 0)
-        step_model = torch.compile(model) if config.compile else model  # shares model's parameters and buffers
+    with _seeded_rng(config.seed + (world.rank if world is not None else 0), device):
+        history, start = _resume(out, model, optimizer, config, device, teacher, ema, world) if resume \
+            else (History(), 0)
+        eager = world.wrap(model) if world is not None else model  # DDP shares model's parameters and buffers
+        step_model = torch.compile(eager) if config.compile else eager  # so does the compiled module
         last_good = _last_good(out, start - 1)
         with _memory_layout(model, teacher, ema, config):
             for epoch in range(start, config.epochs):
-                t0 = time.perf_counter()
-                multiplier = _start_epoch(epoch, optimizer, train_loader, teacher, config)
-                train = _train_epoch(model, train_loader, optimizer, config, epoch, teacher=teacher, ema=ema,
-                                     device=device, last_good=last_good, forward=step_model)
-                record = {"epoch": epoch, "lr": config.lr * multiplier, **train,
-                          **_validate(model, ema, val_loader, device, config.progress), "bits": bits_summary(model),
-                          "frozen": list(config.frozen), "wall_s": time.perf_counter() - t0}
+                record = _epoch(epoch, model, train_loader, val_loader, optimizer, config, teacher=teacher, ema=ema,
+                                device=device, last_good=last_good, forward=step_model, eager=eager, world=world)
                 history.append(record)
                 log.info("epoch %d: loss %.4f, train top-1 %.2f, val top-1 %s", epoch, record["train_loss"],
                          record["train_top1"], record["val_top1"])
                 if out is not None and ((epoch + 1) % config.checkpoint_every == 0 or epoch == config.epochs - 1):
-                    _save(out, epoch, model, optimizer, config, device, teacher, ema, history, meta)
+                    _save(out, epoch, model, optimizer, config, device, teacher, ema, history, meta, world=world,
+                          keep_previous=keep_previous)
                     last_good = _last_good(out, epoch)
                 if callback is not None:
                     callback(epoch, record)
     return history
 
 
+def _epoch(epoch: int, model: nn.Module, train_loader: Loader, val_loader: Iterable[tuple[Tensor, Tensor]] | None,
+           optimizer: torch.optim.Optimizer, config: TrainConfig, *, teacher: nn.Module | None,
+           ema: ModelEMA | None, device: torch.device, last_good: str, forward: nn.Module, eager: nn.Module,
+           world: World | None) -> dict[str, Any]:
+    """One epoch of :func:`fit`: its learning rate, the training pass, validation; returns the history record."""
+    t0 = time.perf_counter()
+    multiplier = _start_epoch(epoch, optimizer, train_loader, teacher, config)
+    train = _train_epoch(model, train_loader, optimizer, config, epoch, teacher=teacher, ema=ema, device=device,
+                         last_good=last_good, forward=forward, eager=eager)
+    reduce = None
+    if world is not None:
+        reduce = world.all_reduce_sum
+        means = reduce(torch.tensor([train["train_loss"], train["train_top1"]], dtype=torch.float64, device=device))
+        # every process trained on as many images (equal shards, whole batches): the mean is the whole epoch's
+        train["train_loss"], train["train_top1"] = (means / world.size).tolist()
+    return {"epoch": epoch, "lr": config.lr * multiplier, **train,
+            **_validate(model, ema, val_loader, device, config.progress, reduce), "bits": bits_summary(model),
+            "frozen": list(config.frozen), "wall_s": time.perf_counter() - t0}
+
+
 # --------------------------------------------------------------------------------------------
 # Around the loop: the step's pieces, device, RNG, resume, memory layout, checkpoints
 # --------------------------------------------------------------------------------------------
 class _Forward:
-    """The training forward: eagerly through ``model`` until every active quantizer has initialised itself from
-    data, then through ``compiled`` (e.g. ``torch.compile(model)``, which shares its weights) when given.
+    """The training forward: through ``eager`` (default: ``model`` itself) until every active quantizer has
+    initialised itself from data, then through ``compiled`` (e.g. ``torch.compile(eager)``, which shares its
+    weights) when given.
 
     The data-dependent initialisation (``.item()``, parameter copies) would otherwise be traced by
     ``torch.compile``, breaking the graph at every quantizer and exhausting its recompilation limit. The numbers
     computed are the same either way.
     """
 
-    def __init__(self, model: nn.Module, compiled: nn.Module | None) -> None:
-        self.model, self.compiled = model, compiled if compiled is not None else model
-        self.ready = self.compiled is model or _quantizers_ready(model)
+    def __init__(self, model: nn.Module, compiled: nn.Module | None, eager: nn.Module | None = None) -> None:
+        self.model = model
+        self.eager = eager if eager is not None else model
+        self.compiled = compiled if compiled is not None else self.eager
+        self.ready = self.compiled is self.eager or _quantizers_ready(model)
 
     def __call__(self, x: Tensor) -> Tensor:
-        logits = (self.compiled if self.ready else self.model)(x)
+        logits = (self.compiled if self.ready else self.eager)(x)
         self.ready = self.ready or _quantizers_ready(self.model)
         return logits
 
@@ -363,14 +404,15 @@ def _start_epoch(epoch: int, optimizer: torch.optim.Optimizer, loader: Loader, t
 
 
 def _validate(model: nn.Module, ema: ModelEMA | None, loader: Iterable[tuple[Tensor, Tensor]] | None,
-              device: torch.device, progress: bool) -> dict[str, float | None]:
+              device: torch.device, progress: bool, reduce: Callable[[Tensor], Tensor] | None = None
+              ) -> dict[str, float | None]:
     """The history's validation fields: the model's and the EMA's accuracy (None without a loader or an EMA)."""
     val: dict[str, float | None] = {}
     ema_val: dict[str, float | None] = {}
     if loader is not None:
-        val = evaluate(model, loader, device, progress=progress, desc="test")
+        val = evaluate(model, loader, device, progress=progress, desc="test", reduce=reduce)
         if ema is not None:
-            ema_val = evaluate(ema.module, loader, device, progress=progress, desc="test (EMA)")
+            ema_val = evaluate(ema.module, loader, device, progress=progress, desc="test (EMA)", reduce=reduce)
     return {"val_top1": val.get("top1"), "val_top5": val.get("top5"), "val_loss": val.get("loss"),
             "ema_val_top1": ema_val.get("top1"), "ema_val_top5": ema_val.get("top5")}
 
@@ -409,9 +451,11 @@ def _set_rng_state(state: Mapping[str, Tensor], device: torch.device) -> None:
 
 
 def _resume(out: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
-            device: torch.device, teacher: nn.Module | None, ema: ModelEMA | None) -> tuple[History, int]:
+            device: torch.device, teacher: nn.Module | None, ema: ModelEMA | None,
+            world: World | None = None) -> tuple[History, int]:
     """Continue from ``out``'s checkpoint when there is one: the weights, EMA, optimizer, a train-mode teacher's
-    buffers and the RNG. Returns the history so far and the first epoch to train."""
+    buffers and the RNG (with ``world``, each process's own). Returns the history so far and the first epoch to
+    train."""
     if out is None or not ckpt.has_checkpoint(out):
         return History(), 0
     state = ckpt.load_checkpoint(out)
@@ -421,7 +465,7 @@ def _resume(out: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer
         state.restore_teacher(teacher)
     if ema is not None and EMA_UPDATES_KEY in state.extra:
         ema.updates = int(state.extra[EMA_UPDATES_KEY])
-    _set_rng_state(state.rng, device)
+    _set_rng_state(state.rng if world is None else world.local_rng(state.rng, state.extra), device)
     log.info("resumed from %s after epoch %d", state.path, state.epoch)
     return History(state.history), state.epoch + 1
 
@@ -475,11 +519,21 @@ def _last_good(out: Path | None, epoch: int) -> str:
 
 def _save(out: Path, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
           device: torch.device, teacher: nn.Module | None, ema: ModelEMA | None, history: History,
-          meta: Mapping[str, Any] | None) -> None:
-    """The epoch's checkpoint; its ``extra`` holds a train-mode teacher's buffers and the EMA's update count."""
+          meta: Mapping[str, Any] | None, *, world: World | None = None, keep_previous: bool = False) -> None:
+    """The epoch's checkpoint; its ``extra`` holds a train-mode teacher's buffers and the EMA's update count.
+
+    With ``world`` every process takes part (its generator state goes into ``extra``), the main process writes,
+    and all of them wait until the checkpoint is on disk.
+    """
     extra = ckpt.teacher_buffers(teacher) if teacher is not None and config.teacher_train_mode else {}
     if ema is not None:
         extra[EMA_UPDATES_KEY] = torch.tensor(ema.updates, dtype=torch.int64)
-    ckpt.save_checkpoint(out, epoch=epoch, model=model, optimizer=optimizer,
-                         ema_model=ema.module if ema is not None else None, history=history,
-                         config=config.to_dict(), meta=meta, rng=_rng_state(device), extra=extra)
+    rng = _rng_state(device)
+    if world is not None:
+        extra |= world.gather_rng(rng)
+    if world is None or world.is_main:
+        ckpt.save_checkpoint(out, epoch=epoch, model=model, optimizer=optimizer,
+                             ema_model=ema.module if ema is not None else None, history=history,
+                             config=config.to_dict(), meta=meta, rng=rng, extra=extra, keep_previous=keep_previous)
+    if world is not None:
+        world.barrier()

@@ -9,7 +9,8 @@ Modules, in reading order:
 * :mod:`.cifar` - :func:`cifar10` from a cache, a local copy or the official download;
   :func:`cifar10_or_synthetic` and its :func:`data_banner`; where it looks (``$PROFIT_EDU_CIFAR10``,
   ``$PROFIT_EDU_DATA``, ``$PROFIT_EDU_SHARED_DATA``) is in its docstring;
-* :mod:`.imagenet` - :func:`imagenet_folder` and :func:`imagenet_transforms`.
+* :mod:`.imagenet` - :func:`imagenet_folder` and :func:`imagenet_transforms`; :func:`check_imagenet_root` (the
+  layout and class count, before a long run) and :class:`SeededImages` (augmentation seeded per image).
 
 >>> data = synthetic(8, seed=0)
 >>> [tuple(x.shape) for x, _ in DeviceLoader(data, 8, train=False)]
@@ -19,7 +20,7 @@ Modules, in reading order:
 from .arrays import ImageArrays, pixel_stats, subset, synthetic
 from .cifar import CACHE_ENV, CIFAR10_ENV, cifar10, cifar10_or_synthetic, data_banner, default_cache_dir
 from .constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
-from .imagenet import imagenet_folder, imagenet_transforms
+from .imagenet import ImageNetFolderError, SeededImages, check_imagenet_root, imagenet_folder, imagenet_transforms
 from .loader import DeviceLoader
 
 __all__ = [
@@ -32,6 +33,9 @@ __all__ = [
     "IMAGENET_STD",
     "DeviceLoader",
     "ImageArrays",
+    "ImageNetFolderError",
+    "SeededImages",
+    "check_imagenet_root",
     "cifar10",
     "cifar10_or_synthetic",
     "data_banner",

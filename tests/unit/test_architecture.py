@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"aiwq", "data", "ledger"},
     {"freezing"},
     {"recipe", "schedule"},
-    {"optim", "ema", "train"},
+    {"optim", "ema", "train", "distributed"},
     {"pipeline", "profit", "pretrained", "packed", "reproduce"},
     {"cli"},
     {"book"},
