@@ -270,9 +270,8 @@ def run_recipe(recipe: Recipe, model: nn.Module, train_loader: Any, val_loader: 
         progress: progress bars.
         resume: skip finished phases and resume the current one from ``out_dir``; False starts over.
         callback: ``callback(phase, epoch, record)`` after every epoch (epoch counted within the phase).
-        world: train on several processes (see :mod:`profit_edu.distributed`; every process calls run_recipe with
-            its shard of the data): fit trains through DistributedDataParallel, calibration and AIWQ see the whole
-            global batch, and only the main process writes files.
+        world: train on several processes (:mod:`profit_edu.distributed`; each calls run_recipe with its shard of
+            the data): calibration and AIWQ see the global batch, only the main process writes files.
         channels_last: train in the NHWC memory layout (see :class:`~profit_edu.train.TrainConfig`).
         keep_previous: keep each phase's previous epoch checkpoint too (a fallback for a damaged latest one).
 
@@ -290,9 +289,9 @@ def run_recipe(recipe: Recipe, model: nn.Module, train_loader: Any, val_loader: 
     main = world is None or world.is_main
     _save_recipe(recipe, out, resume, write=main)
     ema = _start_run(recipe, model, out, write=main)
-    if world is not None:
-        gather_first_use(model, world)  # a quantizer's first batch is the global batch on every process
-        world.barrier()  # every process has read what the run directory held before the main one wrote
+    if world is not None:  # a quantizer's first batch is the global batch; all have read what out held before
+        gather_first_use(model, world)
+        world.barrier()
     first_todo = _finished_units(units, resume)
     teachers = _Teachers(recipe, model, teacher, units, device)
     run = _Run(recipe, model, train_loader, val_loader, out, units, ema, teachers, first_todo=first_todo,
@@ -300,18 +299,7 @@ def run_recipe(recipe: Recipe, model: nn.Module, train_loader: Any, val_loader: 
                channels_last=channels_last, keep_previous=keep_previous)
     if first_todo > 0:  # resuming: continue from the last finished unit's weights (and EMA)
         run.restored = _continue_after(run, units[first_todo - 1])
-    results: dict[int, PhaseResult] = {}
-    for u in units:
-        record = results.setdefault(u.phase_index, PhaseResult(u.phase, [], (), skipped=True))
-        if u.index < first_todo:  # finished in an earlier run
-            info = json.loads((u.directory / "done.json").read_text())
-            record.history += info["history"]
-            record.frozen = tuple(info["frozen"])
-            continue
-        record.skipped = False
-        history, frozen = _train_unit(run, u)
-        record.history += list(history)
-        record.frozen = frozen
+    results = _train_units(run)
     ranking_file = out / "aiwq_ranking.json"
     if (run.ranking is None and ranking_file.is_file() and recipe.schedule.profit_bits
             and recipe.schedule.freeze == "aiwq"):
@@ -369,6 +357,23 @@ def _units(phases: list[Phase], out: Path) -> list[_Unit]:
             units.append(_Unit(len(units), i, p, phase_dir, p.epochs, offset, 0, True))
         offset += p.epochs
     return units
+
+
+def _train_units(run: _Run) -> dict[int, PhaseResult]:
+    """Train the units still to train, in order; every phase's result (from done.json for the finished ones)."""
+    results: dict[int, PhaseResult] = {}
+    for u in run.units:
+        record = results.setdefault(u.phase_index, PhaseResult(u.phase, [], (), skipped=True))
+        if u.index < run.first_todo:  # finished in an earlier run
+            info = json.loads((u.directory / "done.json").read_text())
+            record.history += info["history"]
+            record.frozen = tuple(info["frozen"])
+            continue
+        record.skipped = False
+        history, frozen = _train_unit(run, u)
+        record.history += list(history)
+        record.frozen = frozen
+    return results
 
 
 def _finished_units(units: list[_Unit], resume: bool) -> int:
@@ -449,11 +454,8 @@ def _check_inputs(recipe: Recipe, model: nn.Module, teacher: nn.Module | None) -
 RESUME_FREE_DATA = ("root", "workers")
 
 
-def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    def core(d: dict[str, Any]) -> dict[str, Any]:
-        return {**d, "data": {k: v for k, v in d.get("data", {}).items() if k not in RESUME_FREE_DATA}}
-
-    return core(a) == core(b)
+def _core(d: dict[str, Any]) -> dict[str, Any]:
+    return {**d, "data": {k: v for k, v in d.get("data", {}).items() if k not in RESUME_FREE_DATA}}
 
 
 def _save_recipe(recipe: Recipe, out: Path, resume: bool, *, write: bool = True) -> None:
@@ -462,7 +464,7 @@ def _save_recipe(recipe: Recipe, out: Path, resume: bool, *, write: bool = True)
     saved_recipe = out / "recipe.json"
     if resume and saved_recipe.is_file():
         before = json.loads(saved_recipe.read_text())
-        if not _same_run(before, json.loads(json.dumps(recipe.to_dict(), default=str))):
+        if _core(before) != _core(json.loads(json.dumps(recipe.to_dict(), default=str))):
             raise RecipeError(f"{out} holds a run of another recipe ({before.get('name')}); use another out_dir, or "
                               "resume=False to start over")
     if write:

@@ -243,12 +243,10 @@ def fit(model: nn.Module, train_loader: Loader, val_loader: Iterable[tuple[Tenso
         ema: an existing :class:`~profit_edu.ema.ModelEMA` to keep averaging into (PROFIT keeps one across all
             phases); by default a new one is made when ``config.ema_decay`` is not None.
         meta: JSON facts stored in every checkpoint (the CLI stores the model-building arguments).
-        world: train on several processes (a :class:`~profit_edu.distributed.World`; the loaders give each its
-            shard): the steps run through ``world.wrap(model)`` (DistributedDataParallel averages the gradients),
-            process r seeds its generator with ``config.seed + r``, the history holds the numbers of all
-            processes together, and only the main process writes checkpoints (with every process's generator).
-        keep_previous: keep the previous epoch's checkpoint beside the latest (see
-            :func:`~profit_edu.checkpoint.save_checkpoint`), a fallback should the latest be damaged.
+        world: train on several processes (:class:`~profit_edu.distributed.World`; each loader gives its shard):
+            steps run through ``world.wrap(model)`` (DDP), process r seeds with ``config.seed + r``, the history
+            combines all processes, the main process writes the checkpoints (with every process's generator).
+        keep_previous: keep the previous epoch's checkpoint too (:func:`~profit_edu.checkpoint.save_checkpoint`).
 
     Returns:
         The :class:`History`, including the epochs restored from a checkpoint.
@@ -265,8 +263,7 @@ def fit(model: nn.Module, train_loader: Loader, val_loader: Iterable[tuple[Tenso
     optimizer, ema = _place(model, teacher, ema, config, device)
     out = Path(out_dir) if out_dir is not None else None
     with _seeded_rng(config.seed + (world.rank if world is not None else 0), device):
-        history, start = _resume(out, model, optimizer, config, device, teacher, ema, world) if resume \
-            else (History(), 0)
+        history, start = _resume(out, model, optimizer, config, device, teacher, ema, world, resume)
         eager = world.wrap(model) if world is not None else model  # DDP shares model's parameters and buffers
         step_model = torch.compile(eager) if config.compile else eager  # so does the compiled module
         last_good = _last_good(out, start - 1)
@@ -275,8 +272,6 @@ def fit(model: nn.Module, train_loader: Loader, val_loader: Iterable[tuple[Tenso
                 record = _epoch(epoch, model, train_loader, val_loader, optimizer, config, teacher=teacher, ema=ema,
                                 device=device, last_good=last_good, forward=step_model, eager=eager, world=world)
                 history.append(record)
-                log.info("epoch %d: loss %.4f, train top-1 %.2f, val top-1 %s", epoch, record["train_loss"],
-                         record["train_top1"], record["val_top1"])
                 if out is not None and ((epoch + 1) % config.checkpoint_every == 0 or epoch == config.epochs - 1):
                     _save(out, epoch, model, optimizer, config, device, teacher, ema, history, meta, world=world,
                           keep_previous=keep_previous)
@@ -301,9 +296,12 @@ def _epoch(epoch: int, model: nn.Module, train_loader: Loader, val_loader: Itera
         means = reduce(torch.tensor([train["train_loss"], train["train_top1"]], dtype=torch.float64, device=device))
         # every process trained on as many images (equal shards, whole batches): the mean is the whole epoch's
         train["train_loss"], train["train_top1"] = (means / world.size).tolist()
-    return {"epoch": epoch, "lr": config.lr * multiplier, **train,
-            **_validate(model, ema, val_loader, device, config.progress, reduce), "bits": bits_summary(model),
-            "frozen": list(config.frozen), "wall_s": time.perf_counter() - t0}
+    record = {"epoch": epoch, "lr": config.lr * multiplier, **train,
+              **_validate(model, ema, val_loader, device, config.progress, reduce), "bits": bits_summary(model),
+              "frozen": list(config.frozen), "wall_s": time.perf_counter() - t0}
+    log.info("epoch %d: loss %.4f, train top-1 %.2f, val top-1 %s", epoch, record["train_loss"],
+             record["train_top1"], record["val_top1"])
+    return record
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,11 +450,11 @@ def _set_rng_state(state: Mapping[str, Tensor], device: torch.device) -> None:
 
 def _resume(out: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
             device: torch.device, teacher: nn.Module | None, ema: ModelEMA | None,
-            world: World | None = None) -> tuple[History, int]:
-    """Continue from ``out``'s checkpoint when there is one: the weights, EMA, optimizer, a train-mode teacher's
-    buffers and the RNG (with ``world``, each process's own). Returns the history so far and the first epoch to
-    train."""
-    if out is None or not ckpt.has_checkpoint(out):
+            world: World | None = None, resume: bool = True) -> tuple[History, int]:
+    """Continue from ``out``'s checkpoint when there is one (and ``resume``): the weights, EMA, optimizer, a
+    train-mode teacher's buffers and the RNG (with ``world``, each process's own). Returns the history so far and
+    the first epoch to train."""
+    if not resume or out is None or not ckpt.has_checkpoint(out):
         return History(), 0
     state = ckpt.load_checkpoint(out)
     _check_resume_config(state.config, config, state.path)
