@@ -259,7 +259,9 @@ def convert_batchnorm(model: nn.Module, device: str) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, m in list(model.named_modules()):
         if type(m) is nn.BatchNorm2d:
-            new = GatheredBatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+            like = next(iter(m.state_dict().values()), torch.empty(0))  # its device and dtype
+            new = GatheredBatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
+                                      device=like.device, dtype=like.dtype if like.is_floating_point() else None)
             new.load_state_dict(m.state_dict())
             new.train(m.training)
             parent_name, _, child = name.rpartition(".")

@@ -115,12 +115,12 @@ def prepare_recipe(recipe: Recipe, *, data: str | os.PathLike[str], world_size: 
 
 class ShardLoader:
     """A DataLoader over one process's shard: ``set_epoch`` (the sampler's epoch, which also seeds the
-    augmentation of :class:`~profit_edu.data.imagenet.SeededImages`), a length, ``(x, y)`` batches, and the count
-    of images replaced because they could not be read (``replaced``)."""
+    augmentation of :class:`~profit_edu.data.imagenet.SeededImages`), a length, ``(x, y)`` batches (images in
+    ``dtype``), and the count of images replaced because they could not be read (``replaced``)."""
 
     def __init__(self, dataset: SeededImages, sampler: Any, batch_size: int, *, workers: int, pin_memory: bool,
-                 train: bool) -> None:
-        self.sampler, self.replaced = sampler, 0
+                 train: bool, dtype: torch.dtype = torch.float32) -> None:
+        self.sampler, self.replaced, self.dtype = sampler, 0, dtype
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size, sampler=_EpochKeys(sampler) if train else sampler, num_workers=workers,
             pin_memory=pin_memory, drop_last=train, persistent_workers=workers > 0)
@@ -135,7 +135,7 @@ class ShardLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for x, y, replaced in self.loader:
             self.replaced += int(replaced.sum())
-            yield x, y
+            yield (x if x.dtype == self.dtype else x.to(self.dtype)), y
 
 
 class _EpochKeys(torch.utils.data.Sampler):
@@ -152,7 +152,8 @@ class _EpochKeys(torch.utils.data.Sampler):
         return len(self.sampler)
 
 
-def make_loaders(recipe: Recipe, world: World, *, bad_images: str = "raise") -> tuple[ShardLoader, ShardLoader]:
+def make_loaders(recipe: Recipe, world: World, *, bad_images: str = "raise", dtype: torch.dtype = torch.float32
+                 ) -> tuple[ShardLoader, ShardLoader]:
     """(train, validation) loaders of this process's shards: batches of global batch / W images."""
     d = recipe.data
     pin = world.device.startswith("cuda")
@@ -165,9 +166,9 @@ def make_loaders(recipe: Recipe, world: World, *, bad_images: str = "raise") -> 
         raise RecipeError(f"{d.root}/train has {len(train_set)} images, fewer than one global batch of "
                           f"{d.batch_size}: nothing to train on")
     train = ShardLoader(train_set, train_sampler(len(train_set), world, seed=recipe.seed), local,
-                        workers=d.workers, pin_memory=pin, train=True)
+                        workers=d.workers, pin_memory=pin, train=True, dtype=dtype)
     val = ShardLoader(val_set, ShardSampler(len(val_set), world), max(local, 1), workers=d.workers,
-                      pin_memory=pin, train=False)
+                      pin_memory=pin, train=False, dtype=dtype)
     return train, val
 
 
@@ -437,6 +438,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--init", help="start from this float run directory (needed for MobileNet-v1)")
     parser.add_argument("--teacher-weights", help="the teacher's state-dict file (default: torchvision's, "
                         "downloaded once into torch hub's cache)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="float64: slow, for "
+                        "checking that N processes train as one (float32 sums in another order drift apart)")
     parser.add_argument("--bad-images", choices=("raise", "skip"), default="raise", help="an unreadable image stops"
                         " the run (raise), or the next image takes its place and the log counts it (skip)")
     parser.add_argument("--restart", action="store_true", help="start over instead of resuming --out")
@@ -474,19 +477,21 @@ def _train(recipe: Recipe, args: argparse.Namespace, world: World) -> RecipeResu
             log.warning(message)
             print(f"profit-edu reproduce: {message}", file=sys.stderr)
     world.barrier()
-    model = _student(recipe, args.init, world).to(world.device)
+    dtype = getattr(torch, args.dtype)
+    model = _student(recipe, args.init, world).to(world.device, dtype)
     if world.size > 1 and (spec.sync_bn if args.sync_bn is None else args.sync_bn):
         model = convert_batchnorm(model, world.device)
     elif world.size > 1:
         world = dataclasses.replace(world, bn_synced=False)
     teacher = load_teacher(recipe, weights=args.teacher_weights, world=world)
+    teacher = teacher.to(dtype) if teacher is not None else None
     if spec.amp if args.amp is None else args.amp:
         _Autocast(model, world.device.split(":")[0], training_only=True)
         if teacher is not None:
             _Autocast(teacher, world.device.split(":")[0], training_only=False)
     if world.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
-    train, val = make_loaders(recipe, world, bad_images=args.bad_images)
+    train, val = make_loaders(recipe, world, bad_images=args.bad_images, dtype=dtype)
     run_log = RunLog(out, recipe, world, train, echo=True)
     run_log.write("start", recipe=recipe.name, world_size=world.size, global_batch=recipe.data.batch_size,
                   lr=recipe.train.lr, device=world.device, restart=args.restart)

@@ -29,7 +29,10 @@ __all__ = [
     "check_duq_grad_a",
     "check_flip_fraction",
     "check_fold_bn",
+    "check_gather_shards",
     "check_gaussian_kl",
+    "check_global_batch",
+    "check_gpu_hours",
     "check_hswish",
     "check_layer_aiwq",
     "check_ledger_lookup",
@@ -548,4 +551,67 @@ def check_fold_bn(fn: Callable[..., tuple[Tensor, Tensor]]) -> bool:
             and not torch.allclose(out, want, atol=1e-9):
         raise AssertionError("the folded bias forgets the running mean: b = g * (bias - mean) + beta")
     _close(out, want, "conv with the folded weight and bias vs BN(conv(x))", atol=1e-9, rtol=1e-9)
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 9: ImageNet on many processes
+# --------------------------------------------------------------------------------------------
+def check_gather_shards(fn: Callable[[list[Tensor]], Tensor]) -> bool:
+    """Check ``fn(parts) -> batch``: the batches of W processes, dealt round-robin (sample i of process r is
+    global sample i W + r), put back into one process's order. Reference: :func:`profit_edu.distributed.interleave`.
+    """
+    from ..distributed import interleave
+
+    gen = torch.Generator().manual_seed(10)
+    for world, shape in [(2, (3,)), (3, (2, 4)), (4, (2, 3, 5, 5))]:
+        batch = torch.randn(world * shape[0], *shape[1:], generator=gen)
+        parts = [batch[r::world].clone() for r in range(world)]
+        got = _as_tensor(_call(fn, parts, what=f"fn(parts) with {world} processes"), "fn")
+        want = interleave(parts)
+        if tuple(got.shape) != tuple(want.shape):
+            raise AssertionError(f"{world} processes of {shape[0]} samples: shape {tuple(got.shape)}, expected "
+                                 f"{tuple(want.shape)}")
+        if not torch.equal(got, want):
+            raise AssertionError(f"{world} processes: the samples are in another order; process r's sample i is "
+                                 "the global sample i * W + r")
+    return True
+
+
+def check_global_batch(fn: Callable[[int, int, float, int], tuple[int, float]]) -> bool:
+    """Check ``fn(global_batch, world_size, base_lr, base_batch) -> (per_process_batch, lr)``: the global batch
+    split evenly (ValueError when it does not split), the learning rate scaled linearly with the global batch."""
+    for global_batch, world, base_lr, base in [(256, 8, 0.005, 256), (1024, 8, 0.005, 256), (96, 3, 0.1, 32)]:
+        got = _call(fn, global_batch, world, base_lr, base, what=f"fn({global_batch}, {world}, {base_lr}, {base})")
+        if not isinstance(got, tuple | list) or len(got) != 2:
+            raise AssertionError(f"fn should return (per_process_batch, lr), got {got!r}")
+        local, lr = got
+        if local != global_batch // world:
+            raise AssertionError(f"fn({global_batch}, {world}, ...): {local} images per process, expected "
+                                 f"{global_batch // world}")
+        want = base_lr * global_batch / base
+        if not math.isclose(_number(lr, "lr"), want, rel_tol=1e-9):
+            raise AssertionError(f"fn({global_batch}, {world}, {base_lr}, {base}): lr {lr}, expected {want} "
+                                 "(base_lr x global_batch / base_batch)")
+    try:
+        fn(256, 3, 0.005, 256)
+    except ValueError:
+        return True
+    except Exception as err:  # the student's code may raise anything
+        raise AssertionError(f"fn(256, 3, ...) raised {type(err).__name__}; raise ValueError instead") from err
+    raise AssertionError("fn(256, 3, ...) should raise ValueError: 256 images do not split evenly over 3 processes")
+
+
+def check_gpu_hours(fn: Callable[[int, int, float, float, float], float]) -> bool:
+    """Check ``fn(epochs, images_per_epoch, student_gmacs, teacher_gmacs, tflops) -> GPU-hours``: 2 FLOPs a MAC,
+    three passes of the student per training image (forward, two backward), one of the teacher, at ``tflops``
+    TFLOP/s. Reference: :func:`profit_edu.reproduce.compute_estimate`'s formula."""
+    for args in [(200, 1_281_167, 0.30, 7.8, 20.0), (10, 1000, 1.0, 0.0, 1.0), (3, 50_000, 0.5, 2.0, 5.0)]:
+        epochs, images, student, teacher, tflops = args
+        want = 2 * epochs * images * (3 * student + teacher) * 1e9 / (tflops * 1e12) / 3600
+        got = _number(_call(fn, *args, what=f"fn{args}"), f"fn{args}")
+        if not math.isclose(got, want, rel_tol=1e-6):
+            hint = " (did you count the student three times?)" if math.isclose(
+                got, want * (student + teacher) / (3 * student + teacher), rel_tol=1e-6) else ""
+            raise AssertionError(f"fn{args} = {got:.6g} GPU-hours, expected {want:.6g}{hint}")
     return True

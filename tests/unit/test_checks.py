@@ -129,6 +129,24 @@ def fold_bn(weight, bias, gamma, beta, mean, var, eps):
     return weight * g.view(-1, 1, 1, 1), g * (bias - mean) + beta
 
 
+def gather_shards(parts):
+    world = len(parts)
+    out = torch.empty(world * len(parts[0]), *parts[0].shape[1:])
+    for r, part in enumerate(parts):
+        out[r::world] = part
+    return out
+
+
+def global_batch(batch, world, base_lr, base_batch):
+    if batch % world:
+        raise ValueError(f"{batch} does not split over {world}")
+    return batch // world, base_lr * batch / base_batch
+
+
+def gpu_hours(epochs, images, student, teacher, tflops, student_passes=3):
+    return 2 * epochs * images * (student_passes * student + teacher) * 1e9 / (tflops * 1e12) / 3600
+
+
 RIGHT = [
     (checks.check_ledger_lookup, ledger_lookup),
     (checks.check_quick_mode_rule, quick_rule),
@@ -150,6 +168,9 @@ RIGHT = [
     (checks.check_pack_codes, pack_codes),
     (checks.check_requantize, requantize),
     (checks.check_fold_bn, fold_bn),
+    (checks.check_gather_shards, gather_shards),
+    (checks.check_global_batch, global_batch),
+    (checks.check_gpu_hours, gpu_hours),
 ]
 
 
@@ -214,6 +235,13 @@ WRONG = [
     (checks.check_fold_bn, lambda w, b, g, be, m, v, e: fold_bn(w, b, g, be, m, v.sqrt(), e), "differ"),
     (checks.check_fold_bn, lambda w, b, g, be, m, v, e: w, "pair"),
     (checks.check_fold_bn, lambda w, b, g, be, m, v, e: (w[0], b), "one scale and one bias"),
+    (checks.check_gather_shards, lambda parts: torch.cat(parts), "another order"),
+    (checks.check_gather_shards, lambda parts: parts[0], "shape"),
+    (checks.check_global_batch, lambda b, w, lr, base: (b // w, lr), "base_lr x global_batch / base_batch"),
+    (checks.check_global_batch, lambda b, w, lr, base: (b, lr * b / base), "images per process"),
+    (checks.check_global_batch, lambda b, w, lr, base: (b // w, lr * b / base), "should raise ValueError"),
+    (checks.check_gpu_hours, lambda *a: gpu_hours(*a, student_passes=1), "three times"),
+    (checks.check_gpu_hours, lambda *a: 1.0, "expected"),
 ]
 
 
