@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ from .distributed import ShardSampler, World, convert_batchnorm, train_sampler
 from .models import count_macs
 from .pipeline import RecipeResult, build_model, load_init, run_recipe
 from .pretrained import fetch_weights
-from .recipe import Recipe, RecipeError, ReproduceSpec, load_recipe
+from .recipe import ModelSpec, Recipe, RecipeError, ReproduceSpec, load_recipe
 from .schedule import Phase, expand_phases, format_plan
 
 __all__ = ["CRASH_ENV", "IMAGENET_TRAIN_IMAGES", "ShardLoader", "compute_estimate", "load_teacher", "main",
@@ -280,8 +281,8 @@ def _repair(directory: Path) -> str | None:
         return (f"the latest checkpoint in {directory} is damaged ({damaged}) and there is no usable previous one: "
                 f"moved it aside to {JSON_NAME}.damaged; this phase starts over from the one before")
     atomic_write_bytes(directory / JSON_NAME, previous.read_bytes())
-    return (f"the latest checkpoint in {directory} is damaged ({damaged}); fell back to the previous one, after "
-            f"epoch {epoch}: that epoch and the next are trained again")
+    return (f"the latest checkpoint in {directory} is damaged ({damaged}); fell back to the previous one: training "
+            f"goes on with epoch {epoch + 1} (0-based) of this phase")
 
 
 def recover_run(out: str | os.PathLike[str]) -> list[str]:
@@ -307,6 +308,18 @@ def recover_run(out: str | os.PathLike[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # What it takes
 # --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=16)
+def _student_macs(spec: ModelSpec, size: int) -> int:
+    return count_macs(spec.build(), size)
+
+
+@functools.lru_cache(maxsize=4)
+def _torchvision_macs(name: str, num_classes: int, size: int) -> int:
+    import torchvision
+
+    return count_macs(torchvision.models.get_model(name, num_classes=num_classes), size)
+
+
 def compute_estimate(recipe: Recipe, *, images_per_epoch: int = IMAGENET_TRAIN_IMAGES,
                      tflops_per_gpu: float = ASSUMED_TFLOPS_PER_GPU) -> dict[str, Any]:
     """The compute a recipe takes: epochs, images, multiply-accumulates (counted on the models), and GPU-hours.
@@ -316,20 +329,17 @@ def compute_estimate(recipe: Recipe, *, images_per_epoch: int = IMAGENET_TRAIN_I
     GPU-hours = FLOPs / (``tflops_per_gpu`` x 1e12) / 3600, at the *assumed* rate :data:`ASSUMED_TFLOPS_PER_GPU`.
     Evaluation, calibration, AIWQ and the data pipeline are left out.
     """
-    import torchvision
-
     phases = expand_phases(recipe)
     epochs = sum(p.epochs for p in phases)
     teacher_epochs = sum(p.epochs for p in phases if recipe.teacher != "none"
                          and not (recipe.teacher == "self" and p.kind == "fp"))
     size = recipe.data.image_size
-    student_macs = count_macs(recipe.model.build(), size)
+    student_macs = _student_macs(recipe.model, size)
     teacher_macs = 0
     if recipe.teacher == "self":
         teacher_macs = student_macs
     elif recipe.teacher != "none":
-        teacher_macs = count_macs(torchvision.models.get_model(recipe.teacher, num_classes=recipe.model.num_classes),
-                                  size)
+        teacher_macs = _torchvision_macs(recipe.teacher, recipe.model.num_classes, size)
     flops = 2 * images_per_epoch * (3 * student_macs * epochs + teacher_macs * teacher_epochs)
     return {"recipe": recipe.name, "epochs": epochs, "images": epochs * images_per_epoch,
             "student_gmacs": student_macs / 1e9, "teacher_gmacs": teacher_macs / 1e9, "pflops": flops / 1e15,

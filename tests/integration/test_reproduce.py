@@ -100,10 +100,10 @@ def test_two_processes_killed_and_resumed_end_where_one_process_ends(tiny, tmp_p
     frozen = json.loads((tmp_path / "two" / "02_w4_ft1" / "done.json").read_text())["frozen"]
     assert frozen == list(one.phases[-1].frozen) and len(frozen) == 9  # floor(27 / 3)
     assert [h["val_top1"] for h in a.history] == [h["val_top1"] for h in b.history]
-    for key, value in a.model_state.items():
-        torch.testing.assert_close(b.model_state[key], value, rtol=1e-9, atol=1e-12, msg=key)
-    for key, value in a.ema_state.items():
-        torch.testing.assert_close(b.ema_state[key], value, rtol=1e-9, atol=1e-12, msg=key)
+    for one_state, two_state in ((a.model_state, b.model_state), (a.ema_state, b.ema_state)):
+        for key, value in one_state.items():
+            tol = {"rtol": 1e-9, "atol": 1e-12} if value.dtype == torch.float64 else {"rtol": 1e-6, "atol": 1e-7}
+            torch.testing.assert_close(two_state[key], value, **tol, msg=key)
 
 
 @pytest.mark.slow

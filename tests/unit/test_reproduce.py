@@ -213,7 +213,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     tensors = unit / json.loads((unit / ckpt.JSON_NAME).read_text())["tensors"]["file"]
     tensors.write_bytes(tensors.read_bytes()[:-3])  # truncated
     (messages,) = recover_run(tmp_path)
-    assert "damaged" in messages and "fell back to the previous one, after epoch 1" in messages
+    assert "damaged" in messages and "fell back to the previous one: training goes on with epoch 2" in messages
     assert ckpt.load_checkpoint(unit).epoch == 1
 
 
