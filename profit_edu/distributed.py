@@ -123,7 +123,13 @@ class World:
         if size > 1 and not dist.is_initialized():
             from datetime import timedelta
 
-            dist.init_process_group("nccl" if kind == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
+            timeout = timedelta(seconds=timeout_s)
+            store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+            # torchrun keeps its store across restarts: keys of each attempt apart, or a process may read the
+            # address a dead process of the last attempt published and fail to connect
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group("nccl" if kind == "cuda" else "gloo", store=dist.PrefixStore(
+                f"profit_edu/attempt_{attempt}", store), rank=rank, world_size=size, timeout=timeout)
             log.info("process %d of %d joined (%s)", rank, size, dist.get_backend())
         return world
 

@@ -84,6 +84,8 @@ def test_two_processes_killed_and_resumed_end_where_one_process_ends(tiny, tmp_p
     env = {**os.environ, "OMP_NUM_THREADS": "1", CRASH_ENV: "1:3"}  # rank 1 dies after w4_ft1's first epoch
     done = _torchrun("--recipe", str(recipe), "--data", str(data), "--out", str(tmp_path / "two"), "--init",
                      str(start), "--dtype", "float64", env=env)
+    if done.returncode != 0:
+        (tmp_path / "torchrun.log").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     events = _events(tmp_path / "two")
     starts = [e for e in events if e["event"] == "start"]
