@@ -296,10 +296,11 @@ def recover_run(out: str | os.PathLike[str]) -> list[str]:
     """
     units, messages = _unit_directories(Path(out)), []
     while True:
-        finished = [u for u in units if (u / "done.json").is_file()]
-        current = [u for u in units if not (u / "done.json").is_file() and (u / JSON_NAME).is_file()]
-        to_check = finished[-1:] + current[:1]
-        repaired = [m for m in (_repair(u) for u in to_check) if m]
+        done = 0  # the finished units form a prefix, as run_recipe counts them
+        while done < len(units) and (units[done] / "done.json").is_file():
+            done += 1
+        to_check = units[max(done - 1, 0): done + 1]
+        repaired = [m for m in (_repair(u) for u in to_check if (u / JSON_NAME).is_file()) if m]
         messages += repaired
         if not repaired:
             return messages
@@ -482,7 +483,10 @@ def reproduce(args: argparse.Namespace) -> RecipeResult | None:
 def _train(recipe: Recipe, args: argparse.Namespace, world: World) -> RecipeResult:
     spec = recipe.reproduce or ReproduceSpec()
     out = Path(args.out or f"runs/{recipe.name}")
-    if world.is_main and not args.restart:
+    if world.is_main and args.restart:  # the previous epochs kept for a fallback belong to the run replaced
+        for stale in out.rglob(PREVIOUS_JSON_NAME):
+            stale.unlink()
+    elif world.is_main:
         for message in recover_run(out):
             log.warning(message)
             print(f"profit-edu reproduce: {message}", file=sys.stderr)
