@@ -481,6 +481,7 @@ def reproduce(args: argparse.Namespace) -> RecipeResult | None:
 
 
 def _train(recipe: Recipe, args: argparse.Namespace, world: World) -> RecipeResult:
+    """Repair or clear the run directory, build the student and teacher, the loaders and the log, run the recipe."""
     spec = recipe.reproduce or ReproduceSpec()
     out = Path(args.out or f"runs/{recipe.name}")
     if world.is_main and args.restart:  # the previous epochs kept for a fallback belong to the run replaced
