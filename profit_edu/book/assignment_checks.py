@@ -22,6 +22,7 @@ False
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -303,14 +304,23 @@ def _qconv(geometry: tuple, bits: int, gen: torch.Generator) -> QConv2d:
     return layer.double()
 
 
-def check_layer_from_codes(fn: Callable[[QConv2d, Tensor, float], Tensor], *, hidden: bool = False,
+def check_layer_from_codes(fn: Callable[[QConv2d, Tensor, float], Tensor], *,
+                           given: Sequence[tuple[str, QConv2d, Tensor, float]] = (), hidden: bool = False,
                            seed: int | None = None, time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> Result:
     """``fn(layer, codes, in_step) -> out``: a quantized conv (:class:`profit_edu.layers.QConv2d`, padding with -3/8)
     computed from integer input codes and its integer weight codes; reference: the layer itself on
-    ``in_step * codes - 3/8``."""
+    ``in_step * codes - 3/8``, in float64.
+
+    ``given`` adds cases ``(label, layer, codes, in_step)``, e.g. layers of a real MobileNet-v3.
+    """
 
     def make(hidden: bool, gen: torch.Generator) -> list[Case]:
         cases = []
+        for label, layer, codes, in_step in given:
+            layer64 = copy.deepcopy(layer).double().eval()
+            with torch.no_grad():
+                want = layer64(in_step * codes.double() - OFF)
+            cases.append(Case(label, (layer64, codes, in_step), want, tensor_close(atol=1e-8, rtol=1e-8)))
         for geometry in _geometries(hidden):
             for bits in ((4, 3) if hidden else (4,)):
                 layer = _qconv(geometry, bits, gen)
@@ -337,7 +347,7 @@ def _conv64(c_in: int, c_out: int, k: int, stride: int, groups: int, bias: bool,
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen, dtype=_F64) * 0.5)
         if bias:
             conv.bias.copy_(torch.randn(c_out, generator=gen, dtype=_F64))
-    return conv
+    return conv.requires_grad_(False)  # data for the exercise, nothing to train
 
 
 def _step_weights(conv: nn.Conv2d, size: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -575,15 +585,19 @@ def _smallest_within(rows: list[dict[str, float]], max_drop: float) -> int:
     return int(min(ok, key=lambda r: r["file_bytes"])["bits"])
 
 
-def check_smallest_within(fn: Callable[[list[dict[str, float]], float], int], *, hidden: bool = False,
+def check_smallest_within(fn: Callable[[list[dict[str, float]], float], int], *,
+                          given: Sequence[tuple[list[dict[str, Any]], float]] = (), hidden: bool = False,
                           seed: int | None = None, time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> Result:
     """``fn(rows, max_drop) -> bits``: the bit width of the smallest file whose top-1 is at most ``max_drop``
-    points below the best top-1 of ``rows`` (dicts with "bits", "file_bytes", "top1")."""
+    points below the best top-1 of ``rows`` (dicts with "bits", "file_bytes", "top1").
+
+    ``given`` adds cases ``(rows, max_drop)``, e.g. the notebook's measured rows.
+    """
 
     def make(hidden: bool, gen: torch.Generator) -> list[Case]:
         table = _rows([(32, 3_000_000, 85.0), (8, 800_000, 84.9), (4, 430_000, 83.0), (3, 340_000, 78.5),
                        (2, 260_000, 40.0)])
-        settings = [(table, 0.5), (table, 2.5), (table, 7.0), (table, 0.0), (table, 50.0)]
+        settings = [(table, 0.5), (table, 2.5), (table, 7.0), (table, 0.0), (table, 50.0), *given]
         if hidden:
             for _ in range(6):
                 bits = [32, 8, 6, 5, 4, 3, 2]

@@ -92,12 +92,13 @@ def screenshot(page: Path, name: str, height: int = 4000) -> Path:
 
 
 CHAPTERS = [p.stem for p in nbtool.chapters()]
+ASSIGNMENTS = [f"assignments/{p.stem}" for p in sorted((ROOT / "book" / "assignments").glob("[0-9][0-9]_*.ipynb"))]
 #: Part II pages are held to "no external URL at all" (part I's flipbook still loads FontAwesome; issue 14).
 PART_II = [stem for stem in CHAPTERS if stem[:2] >= "05"]
 URL_ATTRIBUTE = re.compile(r'(?:src|href)\s*=\s*["\'](https?://[^"\']+)["\']')
 
 
-@pytest.mark.parametrize("stem", CHAPTERS)
+@pytest.mark.parametrize("stem", CHAPTERS + ASSIGNMENTS)
 def test_chapter_page_has_colab_link_and_no_cdn(book_html: Path, stem: str) -> None:
     page = book_html / "book" / f"{stem}.html"
     assert page.exists(), f"{page} was not built"
@@ -107,7 +108,7 @@ def test_chapter_page_has_colab_link_and_no_cdn(book_html: Path, stem: str) -> N
     colab = f"https://colab.research.google.com/github/{url.split('github.com/')[1]}/blob/{branch}/book/{stem}.ipynb"
     rendered = dom(page)
     assert colab in rendered, f"{page.name} shows no Colab link to {colab}"
-    screenshot(page, stem)
+    screenshot(page, stem.replace("/", "-"))
 
 
 def test_widget_slider_renders_offline(book_html: Path) -> None:
