@@ -90,8 +90,9 @@ def build_from_executed(dest: Path, executed: dict[str, Path]) -> Path:
     """Build the book into ``dest/_build/html`` from executed chapter copies, without executing anything.
 
     ``executed`` maps chapter file names (``02_uniform_quantization.ipynb``) to executed notebooks; the
-    assignments' student editions are copied as committed (without outputs). The build uses the repository's ``_config.yml`` and ``_toc.yml`` with ``execute_notebooks: "off"`` and is
-    as strict as ``make book`` (``-W -n --keep-going``).
+    assignments' student editions are copied as committed (without outputs). The build uses the repository's
+    ``_config.yml`` and ``_toc.yml`` with ``execute_notebooks: "off"`` and is as strict as ``make book``
+    (``-W -n --keep-going``).
 
     Returns:
         The ``html`` folder.

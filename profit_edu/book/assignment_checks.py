@@ -390,7 +390,9 @@ def check_layer_metric(fn: Callable[[nn.Conv2d, Tensor, Tensor, Tensor], float],
         conv = _conv64(4, 4, 3, 1, 4, True, gen)
         x = torch.randn(5, 4, 6, 6, generator=gen, dtype=_F64)
         old, new = _step_weights(conv, 0.1, gen)
-        old[2], new[2] = 0.0, 0.0  # channel 2 outputs its bias alone: zero variance, left out
+        old[2], new[2] = 0.0, 0.0  # channel 2 outputs exactly 0 everywhere (its bias too): zero variance, left out
+        with torch.no_grad():
+            conv.bias[2] = 0.0  # a constant 0, not another constant: its variance is 0 however it is summed
         cases.append(Case("channel 2 constant", (conv, x, old, new), aiwq.layer_aiwq(conv, x, old, new),
                           number_close(), hint="leave out channels whose variance is 0 (old or new)"))
         cases.append(Case("unchanged weights", (conv, x, new, new.clone()), 0.0, number_close(atol=1e-12)))

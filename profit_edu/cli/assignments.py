@@ -268,40 +268,44 @@ def source_notebooks(folder: Path) -> list[Path]:
     return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
 
 
-def _write(path: Path, text: str, force: bool) -> str:
-    """Write ``text`` to ``path``: "wrote", "unchanged", or an error when it exists with other content."""
-    data = text.encode()
-    if path.is_file():
-        if path.read_bytes() == data:
-            return "unchanged"
-        if not force:
-            raise CLIError(f"{path} exists with other content: pass --force to replace it, or choose another --out")
-    atomic_write_bytes(path, data)
-    return "wrote"
+def _status(path: Path, data: bytes) -> str:
+    """"new", "unchanged" or "changed": what writing ``data`` to ``path`` would do."""
+    if not path.is_file():
+        return "new"
+    return "unchanged" if path.read_bytes() == data else "changed"
 
 
 def build(sources: Sequence[Path], out: Path, *, editions: Sequence[str] = EDITIONS, otter: bool = False,
           force: bool = False) -> dict[Path, str]:
     """Write the editions of each source notebook under ``out/<edition>/`` (and ``out/otter/<name>/``).
 
-    Every edition of every notebook is made (and checked) before anything is written.
+    Every file is made (and every source checked) before anything is written, and nothing is written when a file
+    would be replaced without ``force``.
 
     Returns:
-        Each written path and what happened to it ("wrote" or "unchanged").
+        Each output path and what happened to it ("wrote" or "unchanged").
 
     Raises:
         AssignmentError: a source breaks the marker rules.
-        CLIError: a file exists with other content and ``force`` is False.
+        CLIError: files exist with other content and ``force`` is False (the message lists them).
     """
-    planned: dict[Path, str] = {}
+    planned: dict[Path, bytes] = {}
     for path in sources:
         nb = json.loads(path.read_text())
         for edition in editions:
-            planned[out / edition / path.name] = dumps(make_edition(copy.deepcopy(nb), edition, path.stem))
+            planned[out / edition / path.name] = dumps(make_edition(copy.deepcopy(nb), edition, path.stem)).encode()
         if otter:
             for rel, text in otter_files(nb).items():
-                planned[out / "otter" / path.stem / rel] = text
-    return {target: _write(target, text, force) for target, text in planned.items()}
+                planned[out / "otter" / path.stem / rel] = text.encode()
+    status = {target: _status(target, data) for target, data in planned.items()}
+    changed = [str(target) for target, what in status.items() if what == "changed"]
+    if changed and not force:
+        raise CLIError(f"{', '.join(changed)} exist{'s' if len(changed) == 1 else ''} with other content: pass "
+                       "--force to replace them, or choose another --out")
+    for target, data in planned.items():
+        if status[target] != "unchanged":
+            atomic_write_bytes(target, data)
+    return {target: "unchanged" if what == "unchanged" else "wrote" for target, what in status.items()}
 
 
 def add_assignments_parser(commands: argparse._SubParsersAction) -> None:
