@@ -180,7 +180,9 @@ def test_result_lookups_see_literal_ids_and_refuse_others() -> None:
         _result_lookups("res.ledger_value(name)", "t")
 
 
-LEDGER_CHAPTERS = [c for c in CHAPTERS if "results.Results" in "\n".join(_code_cells(_nb(c)))]
+#: The assignments' student editions (what the book shows) read the ledger too.
+ASSIGNMENTS = sorted((ROOT / "book" / "assignments").glob("[0-9][0-9]_*.ipynb"))
+LEDGER_CHAPTERS = [c for c in CHAPTERS + ASSIGNMENTS if "results.Results" in "\n".join(_code_cells(_nb(c)))]
 
 
 def test_some_chapter_reads_the_ledger_by_id() -> None:
