@@ -21,7 +21,9 @@ The markers, in a source notebook::
     The model answer.
     <!-- END SOLUTION -->
 
-and the cell tag ``hidden-check`` on a code cell that runs a check with ``hidden=True``.
+and the cell tag ``hidden-check`` on a code cell that runs a check with ``hidden=True``. After editing a source in
+Jupyter, strip it (``python book/_tools/nbtool.py strip book/assignments/source/*.ipynb``) and run
+``make assignments``; a test fails while the committed student editions differ from the build.
 
 Output is deterministic (building twice gives the same bytes): outputs, execution counts and cell metadata other
 than tags are dropped, cell ids are numbered from the source, JSON keys are sorted, nothing records a time. By
