@@ -2,12 +2,13 @@
 step, and show it with sliders (weight bits, learning rate, layer, step).
 
 Chapter 5 asks what happens inside a network while it trains with quantized weights. Three things, per layer and
-per training step, each measured by a hook of :mod:`profit_edu.aiwq`:
+per training step, each measured by a hook of :mod:`profit_edu.aiwq` or :mod:`profit_edu.diagnostics`:
 
 * **AIWQ** (:class:`~profit_edu.aiwq.AIWQTracker`, the raw per-step values): how far one optimizer step moved the
   layer's per-channel output distribution, as a Gaussian KL divergence;
-* **weight flips** (:class:`~profit_edu.aiwq.FlipTracker`): the fraction of the layer's weight codes that changed;
-* **BN drift** (:class:`~profit_edu.aiwq.BNStatsTracker`): how far the batch mean at the input of the BatchNorm
+* **weight flips** (:class:`~profit_edu.diagnostics.FlipTracker`): the fraction of the layer's weight codes that
+  changed;
+* **BN drift** (:class:`~profit_edu.diagnostics.BNStatsTracker`): how far the batch mean at the input of the BatchNorm
   after the layer lies from its running mean (the one evaluation uses), in running standard deviations,
   averaged over channels.
 
@@ -44,7 +45,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from torch import Tensor, nn
 
-from .. import aiwq, train
+from .. import aiwq, diagnostics, train
 from ..layers import QAct, calibrate, quantize_model
 from ..quant import check_bits
 from .aiwq_plots import KIND_COLORS
@@ -264,8 +265,8 @@ def record_steps(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], *, 
     bn_of = {n: b for n, b in bn_after(model).items() if n in names}
     steps = len(batches)
     aiwq_hooks = aiwq.AIWQTracker(model, skip_above=math.inf, raw_history=steps)
-    flip_hooks = aiwq.FlipTracker(model, history=steps)
-    bn_hooks = aiwq.BNStatsTracker(model, layers=sorted(set(bn_of.values())), history=steps)
+    flip_hooks = diagnostics.FlipTracker(model, history=steps)
+    bn_hooks = diagnostics.BNStatsTracker(model, layers=sorted(set(bn_of.values())), history=steps)
     optimizer = train.make_optimizer(model, train.TrainConfig(lr=lr, weight_decay=weight_decay, ema_decay=None))
     losses = []
     device = next(model.parameters()).device

@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"layers"},
     {"models", "checkpoint"},
     {"aiwq", "data", "ledger"},
+    {"diagnostics"},
     {"freezing"},
     {"recipe", "schedule"},
     {"optim", "ema", "train"},
@@ -33,7 +34,7 @@ RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
 MAX_LINES = 650  # "about 600"
 #: Files allowed past the limit until they are split (ARCHITECTURE.md, "to be split").
-TO_BE_SPLIT = {"aiwq.py"}
+TO_BE_SPLIT: set[str] = set()
 MAX_FUNCTION_LINES = 60  # decorators, signature and docstring included
 #: Functions allowed past it until they are broken into helpers (ARCHITECTURE.md, "to be split").
 LONG_FUNCTIONS = {"book/aiwq_explorer.py": {"draw_frame"}, "checkpoint.py": {"load_checkpoint"},
