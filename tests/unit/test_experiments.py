@@ -39,7 +39,7 @@ def test_spearman_matches_scipy() -> None:
     rank_b = [b.index(n) for n in a]
     assert ex.spearman(a, b) == pytest.approx(scipy_stats.spearmanr(rank_a, rank_b).statistic)
     with pytest.raises(ValueError, match="different layers"):
-        ex.spearman(a, b[:-1] + ["other"])
+        ex.spearman(a, [*b[:-1], "other"])
 
 
 def test_summary_grows_with_the_ledger_and_pairs_only_shared_seeds() -> None:

@@ -90,7 +90,7 @@ def test_read_json_reads_beside_the_ledger_and_downloads_into_the_cache(tmp_path
     for bad in ("/etc/passwd", "../ledger.jsonl", "rankings/../../x.json"):
         with pytest.raises(ValueError, match="inside the results folder"):
             here.read_json(bad)
-    with pytest.raises(FileNotFoundError, match="no rankings/none.json"):
+    with pytest.raises(FileNotFoundError, match=r"no rankings/none\.json"):
         here.read_json("rankings/none.json")
     with pytest.raises(FileNotFoundError, match="given as records"):
         Results(LINES).read_json("rankings/x.json")
