@@ -17,7 +17,8 @@ deviation and an interval only from two values on, and says ``None`` otherwise.
 * :func:`summarise` - groups (recipe, init, test set) with a row per (variant, setup) and the paired differences;
 * :func:`paired_differences` - PROFIT minus no freezing and minus random freezing, seed by seed (:data:`PAIRS`);
 * :func:`ranking_summary` - depthwise convs in each ranking's top third, and the Spearman correlation of seeds;
-* :func:`fmt`, :func:`fmt_interval` - the two ways the tables write a number.
+* :func:`fmt`, :func:`fmt_interval` - the two ways the tables write a number; :func:`verdict` - what a paired
+  difference shows, in words.
 
 Glossary: a *variant* is one row of the comparison (``profit_w4a4``, ``duq_w4a4`` = no freezing, ``random_w4a4`` =
 as many layers frozen at random); a *copy* is ``model`` (the trained weights) or ``ema`` (their weight EMA).
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["COPIES", "ID_PREFIX", "PAIRS", "T975", "fmt", "fmt_interval", "latest_runs", "load_rankings",
-           "paired_differences", "ranking_summary", "spearman", "stats", "summarise"]
+           "paired_differences", "ranking_summary", "spearman", "stats", "summarise", "verdict"]
 
 #: The benchmark's ledger ids: ``accuracy/<scale>/<recipe>/<variant>/seed<k>/<copy>``.
 ID_PREFIX = "accuracy"
@@ -115,6 +116,25 @@ def fmt_interval(s: Mapping[str, Any]) -> str:
     if s.get("ci95") is None:
         return f"{s['mean']:+.2f} (one seed, no interval)"
     return f"{s['mean']:+.2f} [95 % CI {s['mean'] - s['ci95']:+.2f}, {s['mean'] + s['ci95']:+.2f}]"
+
+
+def verdict(s: Mapping[str, Any]) -> str:
+    """What a paired difference a - b (:func:`stats` of the per-seed differences) shows, in words.
+
+    One seed gives a difference but no interval; from two seeds on, the 95 % interval either lies above 0, below
+    0, or contains 0 (then the seeds so far do not show a difference either way).
+
+    >>> verdict(stats([2.0])), verdict(stats([2.0, 3.0, 2.5])), verdict(stats([-1.0, 2.0]))
+    ('one seed: no interval yet', 'a higher: interval above 0', 'not shown: interval contains 0')
+    """
+    if s.get("ci95") is None:
+        return "one seed: no interval yet"
+    low, high = s["mean"] - s["ci95"], s["mean"] + s["ci95"]
+    if low > 0:
+        return "a higher: interval above 0"
+    if high < 0:
+        return "a lower: interval below 0"
+    return "not shown: interval contains 0"
 
 
 def latest_runs(records: Iterable[Mapping[str, Any]], scale: str) -> list[dict[str, Any]]:

@@ -77,3 +77,29 @@ def test_ranking_summary_counts_depthwise_and_compares_seeds() -> None:
     (r,) = ex.ranking_summary([doc(0, ["dw1", "pw1", "pw2"]), doc(1, ["pw2", "pw1", "dw1"])])
     assert r["seeds"] == [0, 1] and r["layers"] == 3 and r["depthwise_in_top_third"] == {0: 1, 1: 0}
     assert r["spearman"] == [{"seeds": [0, 1], "spearman": -1.0}]
+
+
+def test_verdict_reads_the_interval() -> None:
+    assert ex.verdict(ex.stats([-2.0, -2.5, -3.0])) == "a lower: interval below 0"
+    assert ex.verdict(ex.stats([1.0, 1.02])) == "a higher: interval above 0"
+    assert ex.verdict(ex.stats([1.0, -1.2, 0.5])) == "not shown: interval contains 0"
+    assert ex.verdict(ex.stats([5.0])) == "one seed: no interval yet"
+
+
+def test_the_ledgers_cifar_lines_still_summarise_when_seeds_are_added() -> None:
+    """Chapters 6 and 7 compute from whatever the ledger holds: simulate the seeds still running."""
+    from profit_edu.book.results import Results
+
+    res = Results.load()
+    lines = ex.latest_runs(res.all_lines, "cifar")
+    assert lines, "the ledger holds cifar-protocol lines"
+    grown = list(res.all_lines)
+    for seed, shift in ((1, 0.4), (2, -0.3)):
+        grown += [{**r, "id": r["id"].replace("/seed0/", f"/seed{seed}/"), "seed": seed, "value": r["value"] + shift}
+                  for r in lines if r["seed"] == 0]
+    before = ex.summarise(lines)
+    after = ex.summarise(ex.latest_runs(grown, "cifar"))
+    assert [g["recipe"] for g in after] == [g["recipe"] for g in before]
+    for g in after:
+        assert all(row["seeds"][-2:] == [1, 2] for row in g["rows"])
+        assert all(p["ci95"] is not None for p in g["paired"])
