@@ -20,10 +20,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks" / "accuracy"))
-from summary import latest_runs, stats  # noqa: E402
-
 from profit_edu import ledger  # noqa: E402
+from profit_edu.book.experiments import latest_runs, stats  # noqa: E402
 
 START, END = "<!-- results-summary:start -->", "<!-- results-summary:end -->"
 QS_START, QS_END = "<!-- quickstart:start -->", "<!-- quickstart:end -->"
