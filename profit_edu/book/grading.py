@@ -1,5 +1,9 @@
 """The assignments' grader: run a student's function on cases, say which case failed and why, and never crash.
 
+(The chapters' exercise checks, :mod:`.checks` with its helpers in :mod:`._grading`, are simpler: they return True
+or raise ``AssertionError``, and :func:`.checks.report` prints the verdict. The assignments need more: a score,
+every failed case, hidden cases and a time limit.)
+
 A *check* (the ``check_*`` functions of :mod:`.assignment_checks`) builds a list of :class:`Case` objects (the
 arguments and the reference answer, computed by the check itself from the library or from the definition), then
 :func:`run_check` calls the student's function on each one and returns a :class:`Result`: a score (one point per
