@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import quant
-from ._grading import _as_tensor, _call, _close, _number
+from ._compare import _as_tensor, _call, _close, _number
 from .recipe_checks import (
     check_ema_start_weight,
     check_kd_grad,

@@ -1,6 +1,6 @@
 """The assignments' grader: run a student's function on cases, say which case failed and why, and never crash.
 
-(The chapters' exercise checks, :mod:`.checks` with its helpers in :mod:`._grading`, are simpler: they return True
+(The chapters' exercise checks, :mod:`.checks` with its helpers in :mod:`._compare`, are simpler: they return True
 or raise ``AssertionError``, and :func:`.checks.report` prints the verdict. The assignments need more: a score,
 every failed case, hidden cases and a time limit.)
 

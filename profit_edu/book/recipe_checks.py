@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._grading import _as_tensor, _call, _close, _number
+from ._compare import _as_tensor, _call, _close, _number
 
 __all__ = ["check_ema_start_weight", "check_kd_grad", "check_paired_interval", "check_phase_list",
            "check_profit_frozen"]
