@@ -301,12 +301,13 @@ def plot_grid_histogram(
         t = name if mse is None else f"{name}: MSE {mse[name]:.2e}"
         ax.set_title(t, fontsize="small", loc="left")
         ax.set_ylabel("density")
+        ax.grid(axis="x", visible=False)  # only the levels are vertical lines
     axes[-1, 0].set_xlabel("value")
     return fig
 
 
 def plot_error_heatmap(error: Tensor, *, ax: Axes | None = None, title: str | None = None,
-                       label: str = "mean |error| over channels") -> Axes:
+                       label: str = "mean |error|\nover channels") -> Axes:
     """Heat map of a 2-D error map (e.g. |zero-padded - negative-padded| conv outputs, mean over channels).
 
     The axes are the output map's rows and columns (ticks at the first and last index), and the colour bar

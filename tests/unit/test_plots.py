@@ -94,7 +94,7 @@ def test_error_heatmap_and_border_fraction() -> None:
     assert ax.get_title() == "e"
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("output column", "output row")
     colorbar = ax.figure.axes[-1]
-    assert colorbar is not ax and colorbar.get_ylabel() == "mean |error| over channels"
+    assert colorbar is not ax and colorbar.get_ylabel() == "mean |error|\nover channels"
     with pytest.raises(ValueError, match="2-D map"):
         plots.plot_error_heatmap(torch.rand(2, 7, 7))
     ax2 = plots.plot_border_fraction([7, 14], {3: [0.49, 0.27], 5: [0.82, 0.49]})
