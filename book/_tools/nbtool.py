@@ -53,11 +53,9 @@ def install_source(url: str, branch: str) -> str:
         'if "google.colab" in sys.modules:\n'
         "    import subprocess\n"
         "\n"
-        "    subprocess.run(\n"
-        '        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",\n'
-        f'         "profit-edu @ git+{url}@{branch}"],\n'
-        "        check=True,\n"
-        "    )"
+        f'    release = "git+{url}@{branch}"\n'
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",\n'
+        '                    "--no-deps", f"profit-edu @ {release}"], check=True)'
     )
 
 
