@@ -93,6 +93,7 @@ def screenshot(page: Path, name: str, height: int = 4000) -> Path:
 
 
 CHAPTERS = [p.stem for p in nbtool.chapters()]
+ASSIGNMENTS = [f"assignments/{p.stem}" for p in sorted((ROOT / "book" / "assignments").glob("[0-9][0-9]_*.ipynb"))]
 
 
 def _allowed_links() -> tuple[str, ...]:
@@ -101,7 +102,7 @@ def _allowed_links() -> tuple[str, ...]:
     return (url, "https://colab.research.google.com", offline_book.DOI_PREFIX)
 
 
-@pytest.mark.parametrize("stem", CHAPTERS)
+@pytest.mark.parametrize("stem", CHAPTERS + ASSIGNMENTS)
 def test_chapter_page_has_colab_link_and_no_external_url(book_html: Path, stem: str) -> None:
     page = book_html / "book" / f"{stem}.html"
     assert page.exists(), f"{page} was not built"
@@ -112,7 +113,7 @@ def test_chapter_page_has_colab_link_and_no_external_url(book_html: Path, stem: 
     colab = f"https://colab.research.google.com/github/{url.split('github.com/')[1]}/blob/{release}/book/{stem}.ipynb"
     rendered = dom(page)
     assert colab in rendered, f"{page.name} shows no Colab link to {colab} (the book's release)"
-    screenshot(page, stem)
+    screenshot(page, stem.replace("/", "-"))
 
 
 def test_no_page_of_the_book_refers_outside(book_html: Path) -> None:

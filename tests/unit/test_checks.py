@@ -129,6 +129,62 @@ def fold_bn(weight, bias, gamma, beta, mean, var, eps):
     return weight * g.view(-1, 1, 1, 1), g * (bias - mean) + beta
 
 
+def profit_frozen(raw, fraction, ema, skip_above, *, skip=True, use_mean=False):
+    score = {}
+    for name, values in raw.items():
+        kept = [v for v in values if v == v and (v <= skip_above or not skip)]
+        m = 0.0
+        for v in kept:
+            m = ema * m + (1 - ema) * v
+        score[name] = sum(kept) if use_mean else m
+    order = sorted(score, key=score.get, reverse=True)  # a stable sort: ties keep model order
+    return order[: math.floor(len(order) * fraction)]
+
+
+def paired_interval(a, b, *, quantile=None, ddof=1, paired=True):
+    from scipy import stats
+
+    d = np.asarray(a) - np.asarray(b)
+    n = len(d)
+    if n == 1:
+        return float(d[0]), None
+    q = quantile or stats.t.ppf(0.975, n - 1)
+    spread = d.std(ddof=ddof) if paired else math.sqrt(np.var(a, ddof=1) / n + np.var(b, ddof=1) / n) * math.sqrt(n)
+    return float(d.mean()), float(q * spread / math.sqrt(n))
+
+
+def phase_list(s, *, bn2=True):
+    out = [("fp", s.fp_epochs)] if s.fp_epochs else []
+
+    def stage(prefix, profit):
+        if s.bn_stabilize:
+            out.append((f"{prefix}_bn", s.bn_epochs))
+        if profit:
+            out.append((f"{prefix}_sampling", s.sampling_epochs))
+            out.extend((f"{prefix}_ft{k}", s.ft_epochs) for k in range(1, len(s.freeze_fractions) + 1))
+        else:
+            out.append((f"{prefix}_ft", s.ft_epochs))
+        if s.bn_stabilize and bn2:
+            out.append((f"{prefix}_bn2", s.bn_epochs))
+
+    for a in s.act_bits:
+        stage(f"a{a}", False)
+    for w in s.weight_bits:
+        stage(f"w{w}", w in s.profit_bits)
+    return out
+
+
+def kd_grad(s, t):
+    return (torch.softmax(s, dim=1) - torch.softmax(t, dim=1)) / s.shape[0]
+
+
+def ema_start_weight(n, decay, warmup):
+    share = 1.0
+    for k in range(n):
+        share *= min(decay, (1 + k) / (10 + k)) if warmup else decay
+    return share
+
+
 RIGHT = [
     (checks.check_ledger_lookup, ledger_lookup),
     (checks.check_quick_mode_rule, quick_rule),
@@ -150,6 +206,11 @@ RIGHT = [
     (checks.check_pack_codes, pack_codes),
     (checks.check_requantize, requantize),
     (checks.check_fold_bn, fold_bn),
+    (checks.check_profit_frozen, profit_frozen),
+    (checks.check_paired_interval, paired_interval),
+    (checks.check_phase_list, phase_list),
+    (checks.check_kd_grad, kd_grad),
+    (checks.check_ema_start_weight, ema_start_weight),
 ]
 
 
@@ -214,6 +275,23 @@ WRONG = [
     (checks.check_fold_bn, lambda w, b, g, be, m, v, e: fold_bn(w, b, g, be, m, v.sqrt(), e), "differ"),
     (checks.check_fold_bn, lambda w, b, g, be, m, v, e: w, "pair"),
     (checks.check_fold_bn, lambda w, b, g, be, m, v, e: (w[0], b), "one scale and one bias"),
+    (checks.check_profit_frozen, lambda r, f, e, s: profit_frozen(r, f, e, s, skip=False), "skip the values above"),
+    (checks.check_profit_frozen, lambda r, f, e, s: profit_frozen(r, f, e, s, use_mean=True), "EMA"),
+    (checks.check_profit_frozen, lambda r, f, e, s: profit_frozen(r, f, e, s)[:1], "floor(L * f)"),
+    (checks.check_profit_frozen, lambda r, f, e, s: 3, "list of layer names"),
+    (checks.check_paired_interval, lambda a, b: paired_interval(a, b, quantile=1.96), "not the normal 1.96"),
+    (checks.check_paired_interval, lambda a, b: paired_interval(a, b, paired=False), "pair the seeds"),
+    (checks.check_paired_interval, lambda a, b: paired_interval(a, b, ddof=0), "n - 1"),
+    (checks.check_paired_interval, lambda a, b: (paired_interval(a, b)[0], paired_interval(a, b)[1] or 0.0),
+     "no interval"),
+    (checks.check_paired_interval, lambda a, b: (0.0, 1.0), "mean difference"),
+    (checks.check_phase_list, lambda s: phase_list(s, bn2=False), "first difference"),
+    (checks.check_phase_list, lambda s: "fp", "(name, epochs) pairs"),
+    (checks.check_kd_grad, lambda s, t: kd_grad(s, t) * s.shape[0], "divide the gradient by N"),
+    (checks.check_kd_grad, lambda s, t: -kd_grad(s, t), "sign is flipped"),
+    (checks.check_kd_grad, lambda s, t: torch.softmax(s, dim=1) - t, "differ"),
+    (checks.check_ema_start_weight, lambda n, d, w: d**n, "min(decay, (1 + k) / (10 + k))"),
+    (checks.check_ema_start_weight, lambda n, d, w: 1 - ema_start_weight(n, d, w), "share of the updates"),
 ]
 
 
