@@ -35,6 +35,7 @@ from .recipe_checks import (
 )
 
 __all__ = [
+    "REPORT_WIDTH",
     "check_border_fraction",
     "check_depthwise_macs",
     "check_duq_grad_a",
@@ -67,11 +68,20 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+#: Columns of a printed verdict: what a code cell's output box in the rendered book shows without scrolling.
+REPORT_WIDTH = 76
+
+
+def _say(text: str) -> None:
+    print(textwrap.fill(text, width=REPORT_WIDTH, subsequent_indent="    "))
+
+
 def report(check: Callable[..., bool], *args: Any, **kwargs: Any) -> None:
     """Run ``check(*args, **kwargs)`` and print the verdict instead of raising.
 
     A notebook cell can call this on an unfinished exercise without stopping the notebook. (Autograders
-    call the ``check_*`` functions directly: they return True or raise ``AssertionError``.)
+    call the ``check_*`` functions directly: they return True or raise ``AssertionError``.) The hint is
+    wrapped to :data:`REPORT_WIDTH` columns, so that it reads in full on a book page.
 
     >>> report(check_signed_levels, lambda bits: 2**bits - 1)
     Correct: check_signed_levels passed.
@@ -80,10 +90,10 @@ def report(check: Callable[..., bool], *args: Any, **kwargs: Any) -> None:
     try:
         check(*args, **kwargs)
     except AssertionError as err:
-        print(textwrap.fill(f"Not yet ({name}): {err}", width=88, subsequent_indent="    "))
+        _say(f"Not yet ({name}): {err}")
         return
     except NotImplementedError:
-        print(f"Not yet ({name}): the function still raises NotImplementedError; fill it in.")
+        _say(f"Not yet ({name}): the function still raises NotImplementedError; fill it in.")
         return
     print(f"Correct: {name} passed.")
 

@@ -61,6 +61,16 @@ def test_first_code_cell_installs_only_in_colab(chapter: Path) -> None:
     assert not re.search(r"\b(torch|ipywidgets|torchvision)\b", code), "never reinstall Colab's own packages"
 
 
+def test_colab_installs_and_opens_the_books_release() -> None:
+    """One pin, in _config.yml: the release tag, "v" + the package version; never a moving branch."""
+    version = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert BRANCH == f"v{version}", f"_config.yml's repository.branch is {BRANCH!r}; the release tag is v{version}"
+    for chapter in CHAPTERS:
+        first = _code_cells(_nb(chapter))[0]
+        pins = re.findall(r"git\+\S+?@([\w.\-]+)", first)
+        assert pins == [BRANCH], f"{chapter.name} installs {pins}, not the book's release {BRANCH}"
+
+
 def test_repository_url_comes_from_config() -> None:
     assert CONFIG["repository"]["url"].rstrip("/") == URL
     assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"

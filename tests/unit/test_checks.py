@@ -325,6 +325,13 @@ def test_report_prints_instead_of_raising(capsys: pytest.CaptureFixture[str]) ->
     assert "NotImplementedError" in capsys.readouterr().out
 
 
+def test_report_wraps_hints_to_the_book_column(capsys: pytest.CaptureFixture[str]) -> None:
+    checks.report(checks.check_levels_per_channel, lambda w, bits: torch.full((w.shape[0],), 2**bits - 1))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) > 1 and max(len(line) for line in lines) <= checks.REPORT_WIDTH
+    assert all(line.startswith("    ") for line in lines[1:])
+
+
 def test_every_public_check_is_tested() -> None:
     tested = {c.__name__ for c, _ in RIGHT}
     public = {n for n in checks.__all__ if n.startswith("check_")}
