@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.profit-edu-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test book book-check lint lock bench clean
+.PHONY: install test book book-check lint lock bench clean assignments
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ book: $(STAMP)
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute
 	PROFIT_EDU_QUICK=1 $(VENV)/bin/jupyter-book build --all -W -n --keep-going .
 	test -f _build/html/index.html
+
+# The assignments' student editions (rendered by the book) and instructor editions, from the source notebooks in
+# book/assignments/source/: everything goes to runs/assignments/ (with Otter-Grader tests), then the student
+# editions are copied over book/assignments/*.ipynb, the only tracked files this rewrites.
+assignments: $(STAMP)
+	$(VENV)/bin/profit-edu assignments build --out runs/assignments --otter --force
+	cp runs/assignments/student/*.ipynb book/assignments/
 
 # Headless-browser check of the built book (needs chromium; screenshots go to _build/screenshots/).
 book-check: book

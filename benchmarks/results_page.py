@@ -20,13 +20,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks" / "accuracy"))
-from summary import latest_runs, stats  # noqa: E402
-
 from profit_edu import ledger  # noqa: E402
+from profit_edu.book.experiments import latest_runs, stats  # noqa: E402
 
 START, END = "<!-- results-summary:start -->", "<!-- results-summary:end -->"
 QS_START, QS_END = "<!-- quickstart:start -->", "<!-- quickstart:end -->"
+SETUP_START, SETUP_END = "<!-- setup:start -->", "<!-- setup:end -->"
 PAGE = ROOT / "benchmarks" / "results" / "README.md"
 SHIPPED_ID = "pretrained/cifar10-mobilenet_v2-w0.5-s2/top1"
 
@@ -70,6 +69,21 @@ def quickstart(records: list[dict[str, Any]]) -> str:
             got = f": {figure}{_duration(rec['wall_s'])}"
         lines.append(f"{step.command.ljust(width)}  # {step.what}{got}")
     return "\n".join([*lines, "```"])
+
+
+def setup_times(records: list[dict[str, Any]]) -> str:
+    """The README's set-up times: ``make install`` and ``make test`` on a fresh clone, from ``setup/...`` lines
+    (``benchmarks/setup_times.py``), with the test count and the load the machine carried meanwhile."""
+    ids = newest(records)
+    install, test = ids.get("setup/make-install"), ids.get("setup/make-test")
+    if install is None or test is None:
+        return "Install and test times are not measured yet: `python benchmarks/setup_times.py` measures them."
+    counts = test.get("tests", {})
+    tests = ", ".join(f"{n:,} {kind}" for kind, n in counts.items())
+    load = max(test["load_average_before"][0], test["load_average_after"][0])
+    return (f"Measured on a fresh clone (`python benchmarks/setup_times.py`, {test['date']}, {test['hardware']}): "
+            f"`make install` {_duration(install['value'])}, `make test` {_duration(test['value'])} ({tests}; "
+            f"load average up to {load:.1f} from other jobs on the machine meanwhile).")
 
 
 def _duration(seconds: float) -> str:
@@ -164,6 +178,7 @@ def _replace(text: str, start: str, end: str, body: str) -> str:
 def render(readme: str, records: list[dict[str, Any]]) -> str:
     """README.md with its quick start and its results summary rewritten from ``records``."""
     readme = _replace(readme, QS_START, QS_END, quickstart(records))
+    readme = _replace(readme, SETUP_START, SETUP_END, setup_times(records))
     return _replace(readme, START, END, summary(records))
 
 

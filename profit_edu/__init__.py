@@ -8,7 +8,8 @@ for h-swish, the AIWQ instability metric and progressive freezing. Modules, in t
 * :mod:`profit_edu.quant`  - rounding with a straight-through estimator, DuQ, PACT, LSQ
 * :mod:`profit_edu.layers` - QConv2d (negative padding), QLinear, QAct, quantize_model, set_bits
 * :mod:`profit_edu.models` - MobileNet v1/v2/v3 with PROFIT's quantization points
-* :mod:`profit_edu.aiwq`   - the AIWQ metric, its hook-based tracker, weight-flip and BN-statistics diagnostics
+* :mod:`profit_edu.aiwq`   - the AIWQ metric and its hook-based tracker
+* :mod:`profit_edu.diagnostics` - weight flips and BN drift, the instability AIWQ summarises, step by step
 * :mod:`profit_edu.freezing` - AIWQ-ranked progressive freezing, and the random control
 * :mod:`profit_edu.recipe`, :mod:`profit_edu.schedule` - PROFIT's schedule as YAML recipes; its phases and plan
 * :mod:`profit_edu.optim`, :mod:`profit_edu.train`, :mod:`profit_edu.ema` - SGD groups and schedule; the
@@ -33,6 +34,7 @@ from . import (
     checkpoint,
     clip_init,
     data,
+    diagnostics,
     ema,
     freezing,
     grid,
@@ -56,6 +58,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not pip-installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["ModelEMA", "TrainConfig", "__version__", "aiwq", "calibrate", "checkpoint", "clip_init", "data", "ema",
-           "evaluate", "fit", "freezing", "grid", "layers", "models", "optim", "packed", "pipeline", "pretrained",
-           "profit", "quant", "quantize_model", "recipe", "schedule", "set_bits", "train"]
+__all__ = ["ModelEMA", "TrainConfig", "__version__", "aiwq", "calibrate", "checkpoint", "clip_init", "data",
+           "diagnostics", "ema", "evaluate", "fit", "freezing", "grid", "layers", "models", "optim", "packed",
+           "pipeline", "pretrained", "profit", "quant", "quantize_model", "recipe", "schedule", "set_bits", "train"]

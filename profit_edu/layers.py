@@ -266,6 +266,32 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def _quantized_twin(m: nn.Module, name: str, method: str, weight_bits: int | None, act_bits: int | None,
+                    init_style: str, input_from: str | None) -> nn.Module | None:
+    """The quantized module that replaces ``m`` (named ``name`` in the model), or None if ``m`` stays as it is."""
+    def act_q(mode: str) -> Quantizer:
+        return make_quantizer(method, mode, act_bits, role="act", init_style=init_style)
+
+    if isinstance(m, nn.Conv2d):
+        weight_q = _weight_quantizer(method, weight_bits, init_style)
+        new: nn.Module = QConv2d.from_float(m, weight_q, input_from=input_from)
+    elif isinstance(m, nn.Linear):
+        new = QLinear.from_float(m, _weight_quantizer(method, weight_bits, init_style))
+    elif isinstance(m, UNSIGNED_ACTS):
+        new = QAct(m, act_q("unsigned"))
+    elif isinstance(m, nn.Hardswish):
+        new = QAct(m, act_q("hswish"))
+    elif isinstance(m, QuantPoint):
+        new = QAct(None, act_q(m.mode))
+    else:
+        return None
+    if isinstance(new, QAct):
+        new.quantizer.where = f"the activation quantizer {name}"
+    else:
+        new.weight_quant.where = f"the weight quantizer of {name}"
+    return new
+
+
 def quantize_model(
     model: nn.Module,
     weight_bits: int | None = 4,
@@ -308,31 +334,11 @@ def quantize_model(
     keep = filter_fn or (lambda m, n: True)
 
     device = next(model.parameters(), torch.empty(0)).device
-
-    def act_q(mode: str) -> Quantizer:
-        return make_quantizer(method, mode, act_bits, role="act", init_style=init_style).to(device)
-
     for name, m in list(model.named_modules()):
-        if not name or not keep(m, name):
-            continue
-        if isinstance(m, nn.Conv2d):
-            new: nn.Module = QConv2d.from_float(m, _weight_quantizer(method, weight_bits, init_style).to(device),
-                                                input_from=input_quantizers.get(name))
-        elif isinstance(m, nn.Linear):
-            new = QLinear.from_float(m, _weight_quantizer(method, weight_bits, init_style).to(device))
-        elif isinstance(m, UNSIGNED_ACTS):
-            new = QAct(m, act_q("unsigned"))
-        elif isinstance(m, nn.Hardswish):
-            new = QAct(m, act_q("hswish"))
-        elif isinstance(m, QuantPoint):
-            new = QAct(None, act_q(m.mode))
-        else:
-            continue
-        if isinstance(new, QAct):
-            new.quantizer.where = f"the activation quantizer {name}"
-        else:
-            new.weight_quant.where = f"the weight quantizer of {name}"
-        _replace(model, name, new)
+        if name and keep(m, name):
+            new = _quantized_twin(m, name, method, weight_bits, act_bits, init_style, input_quantizers.get(name))
+            if new is not None:
+                _replace(model, name, new.to(device))
     _sync_padding(model)
     return model
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import statistics
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,133 +24,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from variants import ID_PREFIX, VARIANTS
 
 from profit_edu import ledger
+from profit_edu.book import experiments
+from profit_edu.book.experiments import fmt, fmt_interval, latest_runs
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-#: (a, b): the table reports a - b per seed. PROFIT against no freezing, and against freezing at random.
-PAIRS = (("profit_w4a4", "duq_w4a4"), ("profit_w3a3", "duq_w3a3"), ("profit_w4a4", "random_w4a4"),
-         ("profit_w3a3", "random_w3a3"))
-COPIES = ("model", "ema")
-
-
-#: Student's t quantile t(0.975, df) for a two-sided 95 % interval of a mean over n = df + 1 seeds.
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def stats(values: list[float]) -> dict[str, Any]:
-    """n, mean, sample standard deviation and the 95 % t-interval's half-width (None for one value).
-
-    >>> stats([70.0, 72.0, 74.0])
-    {'n': 3, 'mean': 72.0, 'std': 2.0, 'ci95': 4.969, 'values': [70.0, 72.0, 74.0]}
-    """
-    n = len(values)
-    std = statistics.stdev(values) if n > 1 else None
-    half = T975.get(n - 1, 1.96) * std / n**0.5 if std is not None else None
-    return {"n": n, "mean": round(statistics.fmean(values), 3), "std": None if std is None else round(std, 3),
-            "ci95": None if half is None else round(half, 3), "values": values}
-
-
-def spearman(a: list[str], b: list[str]) -> float:
-    """Spearman's rank correlation of two rankings (most unstable first) of the same layers.
-
-    >>> spearman(["x", "y", "z"], ["x", "y", "z"]), spearman(["x", "y", "z"], ["z", "y", "x"])
-    (1.0, -1.0)
-    """
-    if sorted(a) != sorted(b):
-        raise ValueError("rankings of different layers cannot be compared")
-    n = len(a)
-    rank_b = {name: i for i, name in enumerate(b)}
-    d2 = sum((i - rank_b[name]) ** 2 for i, name in enumerate(a))
-    return 1 - 6 * d2 / (n * (n * n - 1))
 
 
 def ranking_summary(rankings_dir: Path, scale: str) -> list[dict[str, Any]]:
     """Per (recipe, variant): depthwise convs in the top third of each seed's AIWQ ranking, and the Spearman
     correlation of every pair of seeds' rankings (files written by ``variants.save_ranking``)."""
-    groups: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
-    for path in sorted(rankings_dir.glob(f"{scale}_*.json")):
-        doc = json.loads(path.read_text())
-        groups.setdefault((doc["recipe"], doc["variant"]), {})[doc["seed"]] = doc
-    out = []
-    for (recipe, variant), by_seed in sorted(groups.items()):
-        seeds = sorted(by_seed)
-        orders = {k: [r["layer"] for r in by_seed[k]["ranking"]] for k in seeds}
-        pairs = [{"seeds": [i, j], "spearman": round(spearman(orders[i], orders[j]), 3)}
-                 for n, i in enumerate(seeds) for j in seeds[n + 1:]]
-        out.append({"recipe": recipe, "variant": variant, "seeds": seeds, "layers": len(orders[seeds[0]]),
-                    "top_third": by_seed[seeds[0]]["top_third"],
-                    "depthwise_in_top_third": {k: by_seed[k]["depthwise_in_top_third"] for k in seeds},
-                    "spearman": pairs})
-    return out
-
-
-def fmt(s: dict[str, Any] | None) -> str:
-    """``"72.00 ± 2.00"``, or the mean alone for one seed, or ``"-"``."""
-    if not s:
-        return "-"
-    return f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "")
-
-
-def fmt_interval(s: dict[str, Any]) -> str:
-    """``"+1.87 [95 % CI -0.22, +3.96]"`` (the mean alone for one seed)."""
-    if s.get("ci95") is None:
-        return f"{s['mean']:+.2f} (one seed, no interval)"
-    return f"{s['mean']:+.2f} [95 % CI {s['mean'] - s['ci95']:+.2f}, {s['mean'] + s['ci95']:+.2f}]"
-
-
-def latest_runs(records: Iterable[dict[str, Any]], scale: str) -> list[dict[str, Any]]:
-    """The benchmark's lines at ``scale``, the latest per (id, setup), in ledger order."""
-    keep: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in records:
-        if str(r.get("id", "")).startswith(f"{ID_PREFIX}/") and r.get("scale") == scale:
-            keep[(r["id"], r.get("setup", ""))] = r
-    return list(keep.values())
+    return experiments.ranking_summary(experiments.load_rankings(rankings_dir, scale))
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One group per (recipe, init sha256, test set), with a row per (variant, setup) and the paired differences."""
-    groups: dict[tuple, dict[str, Any]] = {}
-    for r in records:
-        key = (r["recipe"], r["init_sha256"], r["dataset"], r["test_images"])
-        g = groups.setdefault(key, {"recipe": r["recipe"], "init_sha256": r["init_sha256"],
-                                    "init_dir": r.get("init_dir"), "dataset": r["dataset"],
-                                    "test_images": r["test_images"], "rows": {}})
-        row = g["rows"].setdefault((r["variant"], r["setup"]), {
-            "variant": r["variant"], "setup": r["setup"], "method": r["method"], "weight_bits": r["weight_bits"],
-            "act_bits": r["act_bits"], "epochs": r.get("epochs"), "by_seed": {c: {} for c in COPIES}, "wall_s": {}})
-        row["by_seed"][r["copy"]][r["seed"]] = r["value"]
-        row["wall_s"][r["seed"]] = r.get("wall_s")
-    order = {name: i for i, name in enumerate(VARIANTS)}
-    out = []
-    for g in groups.values():
-        rows = sorted(g["rows"].values(), key=lambda row: (order.get(row["variant"], len(order)), row["setup"]))
-        for row in rows:
-            row["seeds"] = sorted(set().union(*[row["by_seed"][c] for c in COPIES]))
-            for c in COPIES:
-                vals = [row["by_seed"][c][s] for s in sorted(row["by_seed"][c])]
-                row[c] = stats(vals) if vals else None
-            walls = [w for w in row["wall_s"].values() if w is not None]
-            row["wall_s_mean"] = round(statistics.fmean(walls), 1) if walls else None
-            row["description"] = VARIANTS[row["variant"]].description if row["variant"] in VARIANTS else ""
-        g["rows"] = rows
-        g["paired"] = _paired(rows)
-        out.append(g)
-    return out
-
-
-def _paired(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """a - b per shared seed, for each pair in :data:`PAIRS` present (the latest setup of each variant)."""
-    latest = {row["variant"]: row for row in rows}
-    paired = []
-    for a, b in PAIRS:
-        if a not in latest or b not in latest:
-            continue
-        for c in COPIES:
-            ra, rb = latest[a]["by_seed"][c], latest[b]["by_seed"][c]
-            seeds = sorted(set(ra) & set(rb))
-            if seeds:
-                diffs = [round(ra[s] - rb[s], 2) for s in seeds]
-                paired.append({"a": a, "b": b, "copy": c, "seeds": seeds, **stats(diffs)})
-    return paired
+    """One group per (recipe, init sha256, test set), with a row per (variant, setup) and the paired differences,
+    rows in the order of :data:`variants.VARIANTS`."""
+    return experiments.summarise(records, order=list(VARIANTS),
+                                 descriptions={name: v.description for name, v in VARIANTS.items()})
 
 
 def format_tables(groups: list[dict[str, Any]], scale: str) -> str:
@@ -180,7 +68,14 @@ def format_tables(groups: list[dict[str, Any]], scale: str) -> str:
 
 
 def format_rankings(rankings: list[dict[str, Any]]) -> str:
-    """The AIWQ rankings' depthwise share and agreement between seeds, as text."""
+    """The AIWQ rankings' depthwise share and agreement between seeds, as text.
+
+    >>> rho = [{"seeds": [0, 1], "spearman": 0.5}]
+    >>> print(format_rankings([{"recipe": "r", "variant": "v", "layers": 6, "top_third": 2,
+    ...                         "depthwise_in_top_third": {0: 1, 1: 2}, "spearman": rho}]))
+    AIWQ rankings:
+      r v: depthwise convs in the top 2 of 6 (seed 0: 1, seed 1: 2); Spearman between seeds (0-1: 0.50)
+    """
     lines = []
     for r in rankings:
         dw = ", ".join(f"seed {k}: {v}" for k, v in r["depthwise_in_top_third"].items())

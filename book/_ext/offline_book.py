@@ -7,8 +7,12 @@ Three jobs, all about reading the book offline:
    stop with a clear message when they do not.
 2. Drop sphinx-thebe's two scripts from every page. Jupyter Book always loads sphinx-thebe, which writes
    a CDN address (unpkg) into each page even though this book has no Thebe button.
-3. After the build, scan every HTML page for CDN hosts and warn for each one found (``-W`` makes that an
-   error), so a new extension that reaches for a CDN cannot slip in unnoticed.
+3. After the build, scan every HTML page for external URLs and warn for each one found (``-W`` makes that
+   an error), so that nothing new that reaches outside (a CDN script, a web font, a stylesheet such as
+   the FontAwesome one matplotlib's animations link) can slip in unnoticed. The only addresses a page may
+   hold are links a reader follows and that load nothing by themselves: the repository (its button, the
+   install cell's ``git+`` address), Colab's launch links, and DOI links in the bibliography
+   (:func:`allowed_prefixes`).
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from sphinx.util import logging
 
 logger = logging.getLogger(__name__)
 
-#: Hosts that must not appear in a built page.
-CDN_PATTERN = re.compile(r"https?://(?:unpkg\.com|cdn\.jsdelivr\.net|cdnjs\.cloudflare\.com|ajax\.googleapis\.com)"
-                         r"[^\"'\s<>)]*")
+#: Any absolute http(s) address in a page's text (attributes, scripts, styles and prose alike).
+URL_PATTERN = re.compile(r"https?://[^\"'\s<>)\\]+")
+#: Bibliography links: a DOI resolver, followed by a reader, never fetched by the page.
+DOI_PREFIX = "https://doi.org/"
 
 
 def _static_file(app: Sphinx, rel: str) -> Path | None:
@@ -64,14 +69,33 @@ def drop_thebe(app: Sphinx, pagename: str, templatename: str, context: dict[str,
     context["script_files"] = kept
 
 
+def allowed_prefixes(app: Sphinx) -> tuple[str, ...]:
+    """The repository and Colab addresses from the book's configuration (``_config.yml``), and DOI links."""
+    options = app.config.html_theme_options or {}
+    repository = str(options.get("repository_url") or "").rstrip("/")
+    colab = str((options.get("launch_buttons") or {}).get("colab_url") or "").rstrip("/")
+    return (*(p for p in (repository, colab) if p), DOI_PREFIX)
+
+
+def external_urls(text: str, allowed: tuple[str, ...]) -> list[str]:
+    """The distinct external addresses in ``text`` that do not start with one of ``allowed``, sorted.
+
+    >>> page = '<a href="https://doi.org/10.1/x">x</a> <link href="https://cdn.example/f.css">'
+    >>> external_urls(page, ("https://doi.org/",))
+    ['https://cdn.example/f.css']
+    """
+    return sorted({url for url in URL_PATTERN.findall(text) if not url.startswith(allowed)})
+
+
 def scan_pages(app: Sphinx, exception: Exception | None) -> None:
     if exception is not None or app.builder.format != "html":
         return
     outdir = Path(app.outdir)
+    allowed = allowed_prefixes(app)
     for page in sorted(outdir.rglob("*.html")):
-        hits = sorted(set(CDN_PATTERN.findall(page.read_text(encoding="utf-8", errors="replace"))))
-        for url in hits:
-            logger.warning("offline book: %s references the CDN address %s", page.relative_to(outdir), url)
+        for url in external_urls(page.read_text(encoding="utf-8", errors="replace"), allowed):
+            logger.warning("offline book: %s refers to the external address %s (only %s are allowed)",
+                           page.relative_to(outdir), url, ", ".join(allowed))
 
 
 def setup(app: Sphinx) -> dict[str, Any]:

@@ -89,9 +89,10 @@ def execute_chapter(path: Path, *, out_dir: Path = EXECUTED, timeout: int = CELL
 def build_from_executed(dest: Path, executed: dict[str, Path]) -> Path:
     """Build the book into ``dest/_build/html`` from executed chapter copies, without executing anything.
 
-    ``executed`` maps chapter file names (``02_uniform_quantization.ipynb``) to executed notebooks. The
-    build uses the repository's ``_config.yml`` and ``_toc.yml`` with ``execute_notebooks: "off"`` and is
-    as strict as ``make book`` (``-W -n --keep-going``).
+    ``executed`` maps chapter file names (``02_uniform_quantization.ipynb``) to executed notebooks; the
+    assignments' student editions are copied as committed (without outputs). The build uses the repository's
+    ``_config.yml`` and ``_toc.yml`` with ``execute_notebooks: "off"`` and is as strict as ``make book``
+    (``-W -n --keep-going``).
 
     Returns:
         The ``html`` folder.
@@ -107,6 +108,9 @@ def build_from_executed(dest: Path, executed: dict[str, Path]) -> Path:
     shutil.copytree(BOOK, dest / "book", ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
     for name, nb_path in executed.items():
         shutil.copy(nb_path, dest / "book" / name)
+    for nb_path in (BOOK / "assignments").glob("[0-9][0-9]_*.ipynb"):  # the assignments, as committed (not run)
+        (dest / "book" / "assignments").mkdir(exist_ok=True)
+        shutil.copy(nb_path, dest / "book" / "assignments" / nb_path.name)
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     config.setdefault("execute", {})["execute_notebooks"] = "off"
     (dest / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -6,9 +6,10 @@ Chapters are ``book/NN_*.ipynb``. Before committing a chapter you edited in Jupy
     python book/_tools/nbtool.py check      # list what is wrong, exit 1 if anything (the tests run the same check)
 
 The install cell is the first code cell of every chapter. It installs ``profit_edu`` only inside Colab,
-from the repository named in ``_config.yml`` (``repository.url`` and ``branch``: the one place the URL is
-written). ``strip`` rewrites it from there, so changing the URL means editing ``_config.yml`` and running
-``strip``.
+from the repository and at the release named in ``_config.yml`` (``repository.url``, and ``branch``, which
+holds the book's release tag, e.g. ``v0.1.0``: the one place either is written; the Colab buttons open the
+chapters at the same tag). ``strip`` rewrites the cell from there, so changing the URL or the release means
+editing ``_config.yml`` and running ``strip``.
 """
 
 from __future__ import annotations
@@ -29,33 +30,32 @@ def chapters(book: Path = BOOK) -> list[Path]:
 
 
 def repository(config: Path = ROOT / "_config.yml") -> tuple[str, str]:
-    """``(url, branch)`` from ``_config.yml``'s ``repository`` section."""
+    """``(url, release)`` from ``_config.yml``'s ``repository`` section (``url`` and ``branch``, the release tag)."""
     import yaml
 
     data = yaml.safe_load(config.read_text())
     repo = data.get("repository") or {}
-    url, branch = repo.get("url"), repo.get("branch", "main")
-    if not url:
-        raise SystemExit(f"{config} has no repository.url")
+    url, branch = repo.get("url"), repo.get("branch")
+    if not url or not branch:
+        raise SystemExit(f"{config} needs repository.url and repository.branch (the book's release tag)")
     return str(url).rstrip("/"), str(branch)
 
 
 def install_source(url: str, branch: str) -> str:
     """The first code cell of every chapter."""
     return (
-        f"{INSTALL_MARKER}. Colab already has torch, ipywidgets,\n"
-        "# seaborn and the rest: --no-deps keeps them exactly as they are.\n"
+        f"{INSTALL_MARKER}, at the release this book was\n"
+        "# written for. Colab already has torch, ipywidgets, seaborn and\n"
+        "# the rest: --no-deps keeps them exactly as they are.\n"
         "# Elsewhere this cell does nothing.\n"
         "import sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
         "    import subprocess\n"
         "\n"
-        "    subprocess.run(\n"
-        '        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",\n'
-        f'         "profit-edu @ git+{url}@{branch}"],\n'
-        "        check=True,\n"
-        "    )"
+        f'    release = "git+{url}@{branch}"\n'
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",\n'
+        '                    "--no-deps", f"profit-edu @ {release}"], check=True)'
     )
 
 

@@ -2,12 +2,13 @@
 step, and show it with sliders (weight bits, learning rate, layer, step).
 
 Chapter 5 asks what happens inside a network while it trains with quantized weights. Three things, per layer and
-per training step, each measured by a hook of :mod:`profit_edu.aiwq`:
+per training step, each measured by a hook of :mod:`profit_edu.aiwq` or :mod:`profit_edu.diagnostics`:
 
 * **AIWQ** (:class:`~profit_edu.aiwq.AIWQTracker`, the raw per-step values): how far one optimizer step moved the
   layer's per-channel output distribution, as a Gaussian KL divergence;
-* **weight flips** (:class:`~profit_edu.aiwq.FlipTracker`): the fraction of the layer's weight codes that changed;
-* **BN drift** (:class:`~profit_edu.aiwq.BNStatsTracker`): how far the batch mean at the input of the BatchNorm
+* **weight flips** (:class:`~profit_edu.diagnostics.FlipTracker`): the fraction of the layer's weight codes that
+  changed;
+* **BN drift** (:class:`~profit_edu.diagnostics.BNStatsTracker`): how far the batch mean at the input of the BatchNorm
   after the layer lies from its running mean (the one evaluation uses), in running standard deviations,
   averaged over channels.
 
@@ -39,12 +40,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from torch import Tensor, nn
 
-from .. import aiwq, train
+from .. import aiwq, diagnostics, train
 from ..layers import QAct, calibrate, quantize_model
 from ..quant import check_bits
 from .aiwq_plots import KIND_COLORS
@@ -264,8 +266,8 @@ def record_steps(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], *, 
     bn_of = {n: b for n, b in bn_after(model).items() if n in names}
     steps = len(batches)
     aiwq_hooks = aiwq.AIWQTracker(model, skip_above=math.inf, raw_history=steps)
-    flip_hooks = aiwq.FlipTracker(model, history=steps)
-    bn_hooks = aiwq.BNStatsTracker(model, layers=sorted(set(bn_of.values())), history=steps)
+    flip_hooks = diagnostics.FlipTracker(model, history=steps)
+    bn_hooks = diagnostics.BNStatsTracker(model, layers=sorted(set(bn_of.values())), history=steps)
     optimizer = train.make_optimizer(model, train.TrainConfig(lr=lr, weight_decay=weight_decay, ema_decay=None))
     losses = []
     device = next(model.parameters()).device
@@ -346,6 +348,60 @@ def describe_frame(run: ExplorerRun, layer: str, step: int) -> str:
     return ", ".join(parts)
 
 
+def _draw_aiwq_panel(ax_a: Axes, run: ExplorerRun, j: int, step: int, ylim: tuple[float, float]) -> None:
+    """Every layer's AIWQ at ``step`` (bars in model order, coloured by kind), layer ``j`` marked."""
+    t = step - 1
+    values = run.aiwq[t].numpy()
+    colors = [KIND_COLORS.get(run.kinds[n], "#333333") for n in run.layers]
+    heights = np.where(np.isfinite(values) & (values > 0), values, np.nan)
+    ax_a.bar(np.arange(len(run.layers)), heights, color=colors, width=0.85)
+    ax_a.set_yscale("log")
+    ax_a.set_ylim(*ylim)
+    ax_a.set_xlim(-1, len(run.layers))
+    low = ylim[0]
+    ax_a.scatter([j], [heights[j] * 1.8 if np.isfinite(heights[j]) else low * 1.8], marker="v", color="black",
+                 zorder=3, s=22)
+    if step == 1:
+        ax_a.text(0.5, 0.5, "no value at step 1:\nAIWQ compares two steps", transform=ax_a.transAxes, ha="center",
+                  va="center", fontsize="small", color="0.4")
+    elif not np.isfinite(heights[j]):  # exactly 0 (no code moved), or no channel with a spread
+        ax_a.annotate("0", (j, low * 1.8), xytext=(4, 0), textcoords="offset points", va="center",
+                      fontsize="small")
+    ax_a.set(xlabel="layer (model order; \u25bc the selected one)", ylabel="AIWQ at this step (KL)",
+             title=f"every layer at step {step}")
+
+
+def _draw_flips_panel(ax_f: Axes, run: ExplorerRun, layer: str, t: int, ylim: tuple[float, float]) -> None:
+    """The weight flips of ``layer`` per step, step ``t + 1`` darker."""
+    j, steps = run.index(layer), np.arange(1, run.steps + 1)
+    flips = 100 * run.flips[:, j].numpy()
+    if np.isfinite(flips).any():
+        shade = ["#1f77b4" if i == t else "#aec7e8" for i in range(run.steps)]
+        ax_f.bar(steps, np.nan_to_num(flips), color=shade, width=0.8)
+        ax_f.set_ylim(*ylim)
+    else:
+        ax_f.text(0.5, 0.5, "float weights:\nno codes to flip", transform=ax_f.transAxes, ha="center", va="center",
+                  fontsize="small", color="0.4")
+    ax_f.set_xlim(0.3, run.steps + 0.7)
+    ax_f.set(xlabel="training step", ylabel="weights flipped (%)", title=f"{layer} ({run.kinds[layer]})")
+
+
+def _draw_bn_panel(ax_bn: Axes, run: ExplorerRun, layer: str, step: int) -> None:
+    """One channel of the BN after ``layer`` (the one that drifts most): batch mean per step, running mean."""
+    steps = np.arange(1, run.steps + 1)
+    if layer in run.batch_mean and run.batch_mean[layer].numel():
+        bm, rm = run.batch_mean[layer], run.running_mean[layer]
+        channel = int((bm - rm).abs().mean(dim=0).argmax())
+        ax_bn.plot(steps, bm[:, channel].numpy(), "o", ms=3, color="#d62728", label="batch mean")
+        ax_bn.plot(steps, rm[:, channel].numpy(), "-", lw=1.6, color="#444444", label="running mean (used in eval)")
+        ax_bn.axvline(step, color="#1f77b4", lw=1, ls=":")
+        ax_bn.set_title(f"its BN, channel {channel}")
+    else:
+        ax_bn.text(0.5, 0.5, "no BatchNorm after this layer", transform=ax_bn.transAxes, ha="center", va="center",
+                   fontsize="small", color="0.4")
+    ax_bn.set(xlabel="training step", ylabel="mean of the BN input")
+
+
 def draw_frame(run: ExplorerRun, layer: str, step: int, *, fig: Figure | None = None,
                limits: Mapping[str, tuple[float, float]] | None = None) -> Figure:
     """Three panels for one (run, layer, step); returns the figure (nothing is shown).
@@ -370,53 +426,10 @@ def draw_frame(run: ExplorerRun, layer: str, step: int, *, fig: Figure | None = 
     else:
         fig.clear()
     panels = fig.subplot_mosaic([["aiwq", "aiwq"], ["flips", "bn"]])  # sized for a book's column
-    ax_a, ax_f, ax_bn = panels["aiwq"], panels["flips"], panels["bn"]
-    steps = np.arange(1, run.steps + 1)
 
-    # left: AIWQ of every layer at this step
-    values = run.aiwq[t].numpy()
-    colors = [KIND_COLORS.get(run.kinds[n], "#333333") for n in run.layers]
-    heights = np.where(np.isfinite(values) & (values > 0), values, np.nan)
-    ax_a.bar(np.arange(len(run.layers)), heights, color=colors, width=0.85)
-    ax_a.set_yscale("log")
-    ax_a.set_ylim(*limits["aiwq"])
-    ax_a.set_xlim(-1, len(run.layers))
-    low = limits["aiwq"][0]
-    ax_a.scatter([j], [heights[j] * 1.8 if np.isfinite(heights[j]) else low * 1.8], marker="v", color="black",
-                 zorder=3, s=22)
-    if step == 1:
-        ax_a.text(0.5, 0.5, "no value at step 1:\nAIWQ compares two steps", transform=ax_a.transAxes, ha="center",
-                  va="center", fontsize="small", color="0.4")
-    elif not np.isfinite(heights[j]):  # exactly 0 (no code moved), or no channel with a spread
-        ax_a.annotate("0", (j, low * 1.8), xytext=(4, 0), textcoords="offset points", va="center",
-                      fontsize="small")
-    ax_a.set(xlabel="layer (model order; \u25bc the selected one)", ylabel="AIWQ at this step (KL)",
-             title=f"every layer at step {step}")
-
-    # middle: this layer's weight flips over the steps
-    flips = 100 * run.flips[:, j].numpy()
-    if np.isfinite(flips).any():
-        shade = ["#1f77b4" if i == t else "#aec7e8" for i in range(run.steps)]
-        ax_f.bar(steps, np.nan_to_num(flips), color=shade, width=0.8)
-        ax_f.set_ylim(*limits["flips"])
-    else:
-        ax_f.text(0.5, 0.5, "float weights:\nno codes to flip", transform=ax_f.transAxes, ha="center", va="center",
-                  fontsize="small", color="0.4")
-    ax_f.set_xlim(0.3, run.steps + 0.7)
-    ax_f.set(xlabel="training step", ylabel="weights flipped (%)", title=f"{layer} ({run.kinds[layer]})")
-
-    # right: the BN after it, one channel
-    if layer in run.batch_mean and run.batch_mean[layer].numel():
-        bm, rm = run.batch_mean[layer], run.running_mean[layer]
-        channel = int((bm - rm).abs().mean(dim=0).argmax())
-        ax_bn.plot(steps, bm[:, channel].numpy(), "o", ms=3, color="#d62728", label="batch mean")
-        ax_bn.plot(steps, rm[:, channel].numpy(), "-", lw=1.6, color="#444444", label="running mean (used in eval)")
-        ax_bn.axvline(step, color="#1f77b4", lw=1, ls=":")
-        ax_bn.set_title(f"its BN, channel {channel}")
-    else:
-        ax_bn.text(0.5, 0.5, "no BatchNorm after this layer", transform=ax_bn.transAxes, ha="center", va="center",
-                   fontsize="small", color="0.4")
-    ax_bn.set(xlabel="training step", ylabel="mean of the BN input")
+    _draw_aiwq_panel(panels["aiwq"], run, j, step, limits["aiwq"])
+    _draw_flips_panel(panels["flips"], run, layer, t, limits["flips"])
+    _draw_bn_panel(panels["bn"], run, layer, step)
 
     present = [k for k in KIND_COLORS if k in set(run.kinds[n] for n in run.layers)]
     handles = [Patch(color=KIND_COLORS[k], label=k) for k in present]

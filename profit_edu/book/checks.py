@@ -7,6 +7,9 @@ that says what went wrong and where to look. Autograders call them directly; not
 
 The references are written here from their definitions (plain torch, or the library's own functions
 where the exercise is to re-derive them), so a check never trusts the student's code to grade itself.
+
+Chapters 6 and 7's checks live in :mod:`.recipe_checks` (this file holds the other chapters'); they are imported
+here, so every chapter calls ``checks.check_...``.
 """
 
 from __future__ import annotations
@@ -22,11 +25,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import quant
+from ._compare import _as_tensor, _call, _close, _number
+from .recipe_checks import (
+    check_ema_start_weight,
+    check_kd_grad,
+    check_paired_interval,
+    check_phase_list,
+    check_profit_frozen,
+)
 
 __all__ = [
+    "REPORT_WIDTH",
     "check_border_fraction",
     "check_depthwise_macs",
     "check_duq_grad_a",
+    "check_ema_start_weight",
     "check_flip_fraction",
     "check_fold_bn",
     "check_gather_shards",
@@ -34,6 +47,7 @@ __all__ = [
     "check_global_batch",
     "check_gpu_hours",
     "check_hswish",
+    "check_kd_grad",
     "check_layer_aiwq",
     "check_ledger_lookup",
     "check_levels_per_channel",
@@ -41,6 +55,9 @@ __all__ = [
     "check_negative_padding_conv",
     "check_pack_codes",
     "check_pact_alpha_grad",
+    "check_paired_interval",
+    "check_phase_list",
+    "check_profit_frozen",
     "check_quick_mode_rule",
     "check_requantize",
     "check_round_ste",
@@ -54,11 +71,20 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+#: Columns of a printed verdict: what a code cell's output box in the rendered book shows without scrolling.
+REPORT_WIDTH = 76
+
+
+def _say(text: str) -> None:
+    print(textwrap.fill(text, width=REPORT_WIDTH, subsequent_indent="    "))
+
+
 def report(check: Callable[..., bool], *args: Any, **kwargs: Any) -> None:
     """Run ``check(*args, **kwargs)`` and print the verdict instead of raising.
 
     A notebook cell can call this on an unfinished exercise without stopping the notebook. (Autograders
-    call the ``check_*`` functions directly: they return True or raise ``AssertionError``.)
+    call the ``check_*`` functions directly: they return True or raise ``AssertionError``.) The hint is
+    wrapped to :data:`REPORT_WIDTH` columns, so that it reads in full on a book page.
 
     >>> report(check_signed_levels, lambda bits: 2**bits - 1)
     Correct: check_signed_levels passed.
@@ -67,56 +93,12 @@ def report(check: Callable[..., bool], *args: Any, **kwargs: Any) -> None:
     try:
         check(*args, **kwargs)
     except AssertionError as err:
-        print(textwrap.fill(f"Not yet ({name}): {err}", width=88, subsequent_indent="    "))
+        _say(f"Not yet ({name}): {err}")
         return
     except NotImplementedError:
-        print(f"Not yet ({name}): the function still raises NotImplementedError; fill it in.")
+        _say(f"Not yet ({name}): the function still raises NotImplementedError; fill it in.")
         return
     print(f"Correct: {name} passed.")
-
-
-def _call(fn: Callable[..., Any], *args: Any, what: str) -> Any:
-    """Call the student's function; turn a crash into an AssertionError that names the inputs."""
-    if not callable(fn):
-        raise AssertionError(f"expected a function for {what}, got {type(fn).__name__}")
-    try:
-        return fn(*args)
-    except (NotImplementedError, AssertionError):
-        raise
-    except Exception as err:  # the student's code may raise anything; report it with its inputs
-        raise AssertionError(f"{what} raised {type(err).__name__}: {err}") from err
-
-
-def _as_tensor(value: Any, what: str) -> Tensor:
-    if isinstance(value, Tensor):
-        return value
-    try:
-        return torch.as_tensor(value)
-    except Exception as err:
-        raise AssertionError(f"{what} should return a tensor (or numbers), got {type(value).__name__}") from err
-
-
-def _close(got: Tensor, want: Tensor, what: str, *, atol: float = 1e-6, rtol: float = 1e-5) -> None:
-    if tuple(got.shape) != tuple(want.shape):
-        raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-    got64, want64 = got.detach().double(), want.detach().double()
-    bad = ~torch.isclose(got64, want64, atol=atol, rtol=rtol)
-    if bool(bad.any()):
-        i = int(bad.reshape(-1).nonzero()[0])
-        raise AssertionError(
-            f"{what}: {int(bad.sum())} of {bad.numel()} values differ; first at flat index {i}: "
-            f"got {float(got64.reshape(-1)[i]):.6g}, expected {float(want64.reshape(-1)[i]):.6g}"
-        )
-
-
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise AssertionError(f"{what} should be one number, got a tensor of shape {tuple(value.shape)}")
-        return float(value)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise AssertionError(f"{what} should be a number, got {type(value).__name__}")
-    return float(value)
 
 
 # --------------------------------------------------------------------------------------------

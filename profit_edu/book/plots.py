@@ -8,6 +8,7 @@ the numbers in front of the reader and only hands them over for drawing.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -173,6 +174,36 @@ def plot_quantizer_panels(
     return fig
 
 
+#: matplotlib's animation controls draw FontAwesome icons, loaded from a CDN; the book is read offline, so each
+#: icon becomes a plain character (the buttons keep their titles and aria-labels).
+_FLIPBOOK_ICONS = {"fa-minus": "\u2212", "fa-fast-backward": "\u21e4", "fa-step-backward": "\u2039",
+                   "fa-play fa-flip-horizontal": "\u25c0", "fa-pause": "\u275a\u275a", "fa-play": "\u25b6",
+                   "fa-step-forward": "\u203a", "fa-fast-forward": "\u21e5", "fa-plus": "+"}
+_FONTAWESOME_LINK = re.compile(r'<link rel="stylesheet"\s+href="https?://[^"]*font-awesome[^"]*">\s*')
+_FA_ICON = re.compile(r'<i class="fa ([\w -]+?)"></i>')
+
+
+def _offline_controls(html: str) -> str:
+    """``html`` from ``to_jshtml`` without its FontAwesome stylesheet link, each icon a plain character.
+
+    Raises:
+        RuntimeError: the HTML still names an external URL or an unknown icon (a new matplotlib template).
+    """
+    html = _FONTAWESOME_LINK.sub("", html)
+
+    def glyph(match: re.Match) -> str:
+        if match.group(1) not in _FLIPBOOK_ICONS:
+            raise RuntimeError(f"flipbook: unknown FontAwesome icon {match.group(1)!r} in matplotlib's template")
+        return f'<span aria-hidden="true">{_FLIPBOOK_ICONS[match.group(1)]}</span>'
+
+    html = _FA_ICON.sub(glyph, html)
+    left = re.search(r"https?://|fa fa-", html)
+    if left:
+        rest = html[left.start():][:80]
+        raise RuntimeError(f"flipbook: matplotlib's HTML still loads something from outside: {rest!r}")
+    return html
+
+
 def flipbook(
     draw: Callable[[Figure, object], None],
     frames: Sequence[object],
@@ -183,7 +214,8 @@ def flipbook(
     """A kernel-free animation: ``draw(fig, frame)`` for each frame, returned as HTML with a slider.
 
     Uses ``matplotlib.animation.FuncAnimation(...).to_jshtml()``; the page needs no Python kernel to play
-    it. Keep ``frames`` short (about ten) and figures small: every frame is a PNG inside the page.
+    it, and loads nothing from outside (the buttons' FontAwesome icons become plain characters). Keep
+    ``frames`` short (about ten) and figures small: every frame is a PNG inside the page.
     """
     if len(frames) == 0:
         raise ValueError("flipbook needs at least one frame")
@@ -198,7 +230,7 @@ def flipbook(
         html = anim.to_jshtml(default_mode="once")
     finally:
         plt.close(fig)
-    return html
+    return _offline_controls(html)
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +265,8 @@ def plot_levels_per_channel(counts: Mapping[str, Tensor], bits: int, *, ax: Axes
         ax.hist(v, bins=bins, weights=np.full(len(v), 100.0 / max(len(v), 1)), alpha=0.55, label=name)
     ax.set(xlabel=f"levels used by a channel (of {top} on the {bits}-bit signed grid)", ylabel="% of channels")
     ax.set_xlim(0.5, top + 0.5)
-    ax.legend(fontsize="small")
+    # beside the axes, so that it never covers a bar
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return ax
 
 
@@ -247,36 +280,50 @@ def plot_grid_histogram(
     mse: Mapping[str, float] | None = None,
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
-    """One panel per grid: the histogram of ``values`` with that grid's levels drawn over it.
+    """One panel per grid, stacked in a column with a shared value axis: the histogram of ``values`` with
+    that grid's levels drawn over it.
 
-    Levels below the data's minimum are drawn dashed: they can never be used. ``mse`` adds each grid's
-    error to its title.
+    Stacked, every panel keeps the full width of a book column, and the grids line up level by level.
+    Levels outside the data's range are drawn dotted and grey: no value lies there. ``mse`` adds each
+    grid's error to its title.
     """
     n = len(grids)
-    fig, axes = plt.subplots(1, n, figsize=figsize or (3.0 * n, 2.6), layout="constrained", sharey=True,
+    fig, axes = plt.subplots(n, 1, figsize=figsize or (6.4, 1.7 * n + 0.5), layout="constrained", sharex=True,
                              squeeze=False)
     data = _np(values).reshape(-1)
     lo, hi = float(data.min()), float(data.max())
-    for ax, (name, levels) in zip(axes[0], grids.items(), strict=True):
+    for ax, (name, levels) in zip(axes[:, 0], grids.items(), strict=True):
         sns.histplot(x=data, bins=80, stat="density", color="0.65", edgecolor=None, ax=ax)
         lv = _np(levels)
         for v in lv:
             unused = v < lo - 1e-9 or v > hi + 1e-9
-            ax.axvline(v, color="0.5" if unused else PALETTE["duq"], lw=0.8, ls=":" if unused else "-")
-        t = name if mse is None else f"{name}\nMSE {mse[name]:.2e}"
-        ax.set_title(t, fontsize="small")
-        ax.set_xlabel("value")
+            ax.axvline(v, color="0.5" if unused else PALETTE["duq"], lw=0.9, ls=":" if unused else "-")
+        t = name if mse is None else f"{name}: MSE {mse[name]:.2e}"
+        ax.set_title(t, fontsize="small", loc="left")
+        ax.set_ylabel("density")
+        ax.grid(axis="x", visible=False)  # only the levels are vertical lines
+    axes[-1, 0].set_xlabel("value")
     return fig
 
 
-def plot_error_heatmap(error: Tensor, *, ax: Axes | None = None, title: str | None = None) -> Axes:
-    """Heat map of a 2-D error map (e.g. |zero-padded - negative-padded| conv outputs, mean over channels)."""
+def plot_error_heatmap(error: Tensor, *, ax: Axes | None = None, title: str | None = None,
+                       label: str = "mean |error|\nover channels") -> Axes:
+    """Heat map of a 2-D error map (e.g. |zero-padded - negative-padded| conv outputs, mean over channels).
+
+    The axes are the output map's rows and columns (ticks at the first and last index), and the colour bar
+    says what the colour measures (``label``).
+    """
     ax = _axes(ax, (3.2, 2.8))
     e = _np(error)
     if e.ndim != 2:
         raise ValueError(f"plot_error_heatmap needs a 2-D map, got shape {e.shape}")
-    sns.heatmap(e, ax=ax, cmap="rocket_r", square=True, cbar_kws={"shrink": 0.8}, xticklabels=False,
-                yticklabels=False, vmin=0)
+    sns.heatmap(e, ax=ax, cmap="rocket_r", square=True, vmin=0, xticklabels=False, yticklabels=False,
+                cbar_kws={"shrink": 0.8, "label": label})
+    h, w = e.shape
+    ax.set_xticks([0.5, w - 0.5], ["0", str(w - 1)])
+    ax.set_yticks([0.5, h - 0.5], ["0", str(h - 1)])
+    ax.tick_params(length=0, labelsize="small")
+    ax.set(xlabel="output column", ylabel="output row")
     if title:
         ax.set_title(title, fontsize="small")
     return ax

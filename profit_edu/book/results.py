@@ -8,10 +8,18 @@ Every accuracy, size or speed figure in the book is either computed by the cell 
   *newest* line of an id (:meth:`Results.ledger_record`, :meth:`Results.ledger_value`);
 * a **benchmark's JSON file** (``<name>.json``, written by ``benchmarks/<name>.py``): the details behind its ledger
   lines (every part of a file's size, medians and quartiles of a timing). :meth:`Results.benchmark_value` reads one
-  entry by a slash-separated path, e.g. ``benchmark_value("packed", "size/bits/4/file_bytes")``.
+  entry by a slash-separated path, e.g. ``benchmark_value("packed", "size/bits/4/file_bytes")``;
+* **files the ledger names** beside it, e.g. a PROFIT run's AIWQ ranking (a line's ``ranking_file``,
+  ``rankings/<...>.json``): :meth:`Results.read_json`.
 
-Chapters call these three methods with *literal* ids and paths, so a test (``tests/notebooks/test_committed.py``)
-checks, without running any chapter, that every number a chapter displays from the results exists there.
+An id measured again keeps its older lines: :meth:`Results.ledger_history` gives them all, oldest first (a chapter
+shows a number before and after a fix that way), and :attr:`Results.all_lines` holds every line for queries over
+many ids (:mod:`profit_edu.book.experiments` averages the accuracy benchmark's seeds from them).
+
+Chapters call :meth:`~Results.ledger_value`, :meth:`~Results.ledger_record`, :meth:`~Results.ledger_history`,
+:meth:`~Results.source` and :meth:`~Results.benchmark_value` with *literal* ids and paths, so a test
+(``tests/notebooks/test_committed.py``) checks, without running any chapter, that every number a chapter displays
+from the results exists there.
 
 Where the files are (:meth:`Results.load`): the folder of the ledger that :func:`profit_edu.ledger.default_path`
 names (``benchmarks/results/`` of the source checkout, or ``$PROFIT_EDU_LEDGER``'s folder). An installed package
@@ -64,20 +72,25 @@ def _fetch(url: str, target: Path) -> None:
 
 
 class Results:
-    """The ledger's newest line per id and some benchmarks' JSON files, read once.
+    """The ledger's lines (the newest per id, and all of them) and some benchmarks' JSON files, read once.
 
     Args:
         records: ledger lines (dicts with at least ``id`` and ``value``), oldest first.
         benchmarks: benchmark name -> its parsed JSON file.
         where: a short description of where the files came from (for :meth:`describe`; never an absolute path).
+        folder: the folder the ledger was read from, for :meth:`read_json` (None: no files beside the records).
+        base_url: where :meth:`read_json` downloads a file missing from ``folder`` (None: this copy's files only).
     """
 
     def __init__(self, records: Sequence[Mapping[str, Any]], benchmarks: Mapping[str, Any] | None = None, *,
-                 where: str = "given records") -> None:
+                 where: str = "given records", folder: Path | None = None, base_url: str | None = None) -> None:
         self.lines = len(records)
+        self.all_lines = [dict(r) for r in records]
         self.records = newest_by_id(records)
         self.benchmarks = dict(benchmarks or {})
         self.where = where
+        self.folder = folder
+        self.base_url = base_url
 
     @classmethod
     def load(cls, benchmarks: Sequence[str] = (), *, download: bool = False, base_url: str = RESULTS_URL,
@@ -96,7 +109,7 @@ class Results:
                 failed, or a named benchmark file is missing.
         """
         path = ledger.default_path()
-        folder, where = path.parent, "benchmarks/results/ (this copy of the project)"
+        folder, where, fetch_from = path.parent, "benchmarks/results/ (this copy of the project)", None
         if not path.is_file():
             if not download:
                 raise FileNotFoundError("this copy of profit_edu has no benchmarks/results/ledger.jsonl (an installed "
@@ -107,13 +120,14 @@ class Results:
                 if not (folder / name).is_file():
                     _fetch(f"{base_url}/{name}", folder / name)
             path, where = folder / "ledger.jsonl", "the repository's benchmarks/results/ (downloaded)"
+            fetch_from = base_url
         loaded = {}
         for name in benchmarks:
             file = folder / f"{name}.json"
             if not file.is_file():
                 raise FileNotFoundError(f"no benchmark results {name}.json beside the ledger: run benchmarks/{name}.py")
             loaded[name] = json.loads(file.read_text())
-        return cls(ledger.read(path), loaded, where=where)
+        return cls(ledger.read(path), loaded, where=where, folder=folder, base_url=fetch_from)
 
     # ---------------------------------------------------------------- the ledger
     def ledger_record(self, record_id: str) -> dict[str, Any]:
@@ -130,6 +144,38 @@ class Results:
     def ledger_value(self, record_id: str) -> float:
         """The ``value`` of the newest ledger line with this id (see :meth:`ledger_record`)."""
         return float(self.ledger_record(record_id)["value"])
+
+    def ledger_history(self, record_id: str) -> list[dict[str, Any]]:
+        """Every ledger line with this id, oldest first: the same measurement before and after a change.
+
+        Raises:
+            KeyError: no line has this id (the message names the closest ids).
+        """
+        self.ledger_record(record_id)  # the error message for an unknown id
+        return [dict(r) for r in self.all_lines if str(r["id"]) == record_id]
+
+    # ---------------------------------------------------------------- files beside the ledger
+    def read_json(self, relative: str) -> Any:
+        """A JSON file that a ledger line names relative to the ledger's folder, e.g. ``rankings/<...>.json``.
+
+        Results downloaded into the cache fetch the file there once, from the same place as the ledger.
+
+        Raises:
+            ValueError: ``relative`` is absolute or leaves the folder (``..``).
+            FileNotFoundError: these results have no folder, or the file is neither there nor downloadable.
+        """
+        parts = Path(relative).parts
+        if Path(relative).is_absolute() or ".." in parts or not parts:
+            raise ValueError(f"read_json takes a path inside the results folder, like 'rankings/x.json'; "
+                             f"got {relative!r}")
+        if self.folder is None:
+            raise FileNotFoundError(f"these results were given as records, with no folder to read {relative!r} from")
+        target = self.folder.joinpath(*parts)
+        if not target.is_file() and self.base_url is not None:
+            _fetch(f"{self.base_url}/{'/'.join(parts)}", target)
+        if not target.is_file():
+            raise FileNotFoundError(f"no {relative} beside the ledger ({self.where})")
+        return json.loads(target.read_text())
 
     # ---------------------------------------------------------------- benchmark files
     def benchmark_value(self, name: str, path: str) -> Any:

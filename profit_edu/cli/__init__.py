@@ -13,6 +13,8 @@ wired in :func:`build_parser`; add new ones, such as ``aiwq``, the same way):
 * :mod:`.samples` - ``samples``: a few CIFAR-10 test images as PNG files, to try ``run-packed`` on;
 * :mod:`.reproduce` - ``reproduce``: an ImageNet recipe on one or many processes under torchrun
   (:mod:`profit_edu.reproduce`);
+* :mod:`.assignments` - ``assignments build``: the student and instructor editions of the book's assignments
+  (and Otter-Grader tests) from their source notebooks;
 * :mod:`.common` - what they share: argument types (:class:`~.common.Ranged`), :class:`CLIError`, the device
   choice, the model a run recorded.
 
@@ -31,6 +33,7 @@ import sys
 import time
 
 from .. import __version__
+from .assignments import add_assignments_parser
 from .common import CLIError, os_error_line, resume_hint
 from .evaluate import add_evaluate_parser, add_release_parser, cmd_evaluate, cmd_release
 from .packed import add_pack_commands
@@ -64,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pack_commands(commands)
     add_samples_parser(commands)
     add_reproduce_parser(commands)
+    add_assignments_parser(commands)
     return parser
 
 

@@ -420,7 +420,7 @@ def load_split(dataset: str, train: bool, n: int | None, seed: int, *, download:
 
 
 
-def add_cifar_root(p: argparse.ArgumentParser) -> None:
+def add_cifar_root(p: argparse._ActionsContainer) -> None:
     """The ``--cifar-root`` flag (sets ``$PROFIT_EDU_CIFAR10`` for this command)."""
     from ..data import CIFAR10_ENV
 

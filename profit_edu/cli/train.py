@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,78 @@ _EMA_DECAY = Ranged(float, low=0, high=1, high_open=True, none_word=("none", "no
 # --------------------------------------------------------------------------------------------
 # The parser
 # --------------------------------------------------------------------------------------------
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data: which images, and where they are")
+    g.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                   help="with --recipe: the ImageNet folder (train/ and val/), overriding the recipe's data.root")
+    add_cifar_root(g)
+    g.add_argument("--scale", choices=tuple(SCALES), default="tiny",
+                   help="experiment size that sets the defaults below (see above; default: tiny)")
+    g.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
+                   help="training data; default: synthetic at tiny scale, CIFAR-10 otherwise. Given explicitly, "
+                        "cifar10 never falls back to synthetic data")
+    g.add_argument("--download", action="store_true",
+                   help="download CIFAR-10 (163 MB, checksummed) if no local copy is found")
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model: the network, its bit widths and its starting weights")
+    g.add_argument("--weight-bits", type=bit_width, default=None, metavar="B",
+                   help="bits for conv/linear weights, 2..8; omit for float weights")
+    g.add_argument("--act-bits", type=bit_width, default=None, metavar="B",
+                   help="bits for activations, 2..8; omit for float activations")
+    g.add_argument("--width-mult", type=_POSITIVE, default=None, metavar="W",
+                   help="channel width multiplier (default: by scale)")
+    g.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=True,
+                   help="stem for 32x32 images: no downsampling in the stem and the first stride-2 stage, "
+                        "total stride 8 instead of 32 (default: on)")
+    g.add_argument("--stem-stride", type=int, choices=(1, 2), default=None,
+                   help="the stem's stride (default: by scale; 2 at tiny and quick, else 1 with --cifar-stem)")
+    g.add_argument("--negative-padding", action="store_true",
+                   help="MobileNet-v3 only: pad convs after h-swish with -3/8 in float too (PROFIT's v3)")
+    g.add_argument("--init", default=None, metavar="RUN",
+                   help="start from trained float weights: a run directory, or a shipped pretrained name ("
+                        f"{', '.join(PRETRAINED)}); the model must match. With --recipe it replaces the recipe's "
+                        "init; with --model the learning rate defaults to the scale's fine-tuning lr")
+
+
+def _add_optim_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("optimisation: defaults by --scale")
+    g.add_argument("--epochs", type=_POSITIVE_INT, default=None, metavar="N", help="epochs (default: by scale)")
+    g.add_argument("--lr", type=_POSITIVE, default=None,
+                   help="base learning rate of SGD with Nesterov momentum (default: by scale); the quantizers' "
+                        "clip and scale learn at 1/100 of it, as in PROFIT")
+    g.add_argument("--weight-decay", type=_NON_NEGATIVE, default=4e-5, metavar="WD",
+                   help="L2 weight decay on conv/linear weights (default: 4e-5, PROFIT's)")
+    g.add_argument("--warmup-epochs", type=_NON_NEGATIVE_INT, default=None, metavar="N",
+                   help="epochs of linear learning-rate warm-up before the cosine decay (default: by scale)")
+    g.add_argument("--ema-decay", type=_EMA_DECAY, default=BY_SCALE, metavar="D",
+                   help="decay of the weight moving average evaluated beside the model, or 'none' "
+                        "(default: by scale; PROFIT used 0.9997 on ImageNet)")
+    g.add_argument("--batch-size", type=_POSITIVE_INT, default=None, metavar="N", help="default: by scale")
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run: where, on what, how")
+    g.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="run directory: checkpoint.json + tensors are written here every epoch")
+    g.add_argument("--seed", type=_NON_NEGATIVE_INT, default=0, metavar="S",
+                   help="seeds the model initialisation, the data subset and order, and dropout (default: 0)")
+    g.add_argument("--device", type=device_name, default=None,
+                   help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    g.add_argument("--restart", action="store_true",
+                   help="ignore (and overwrite) a checkpoint already in --out instead of resuming it")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: on when the output is a terminal)")
+    g.add_argument("--compile", action="store_true",
+                   help="train through torch.compile: minutes of compilation first, then faster steps (for long runs; "
+                        "benchmarks/train_step.py --compile measures the gain on your machine)")
+    g.add_argument("--channels-last", action="store_true",
+                   help="train in the NHWC memory layout: the same numbers up to float rounding; on a CPU a float "
+                        "MobileNet step takes about 0.6x as long, a quantized one gains less "
+                        "(benchmarks/train_step.py --channels-last measures it)")
+
+
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``train`` on the ``profit-edu`` subparsers (its handler: :func:`cmd_train`)."""
     scales = "\n".join(textwrap.fill(s.help, 100, initial_indent=f"  {name:7s}", subsequent_indent=" " * 9)
@@ -157,62 +230,10 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
                            "name: tiny, quick, mobilenet_v2_w4a4_cifar10, mobilenet_v2_w4a4_imagenet, ...; see "
                            "'profit-edu plan RECIPE'); only --out, --init, --device, --data-root, --cifar-root, "
                            "--download, --batch-size, --seed, --restart and --progress combine with it")
-    p.add_argument("--data-root", type=Path, default=None, metavar="DIR",
-                   help="with --recipe: the ImageNet folder (train/ and val/), overriding the recipe's data.root")
-    add_cifar_root(p)
-    p.add_argument("--scale", choices=tuple(SCALES), default="tiny",
-                   help="experiment size that sets the defaults below (see above; default: tiny)")
-    p.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
-                   help="training data; default: synthetic at tiny scale, CIFAR-10 otherwise. Given explicitly, "
-                        "cifar10 never falls back to synthetic data")
-    p.add_argument("--download", action="store_true",
-                   help="download CIFAR-10 (163 MB, checksummed) if no local copy is found")
-    p.add_argument("--weight-bits", type=bit_width, default=None, metavar="B",
-                   help="bits for conv/linear weights, 2..8; omit for float weights")
-    p.add_argument("--act-bits", type=bit_width, default=None, metavar="B",
-                   help="bits for activations, 2..8; omit for float activations")
-    p.add_argument("--seed", type=_NON_NEGATIVE_INT, default=0, metavar="S",
-                   help="seeds the model initialisation, the data subset and order, and dropout (default: 0)")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR",
-                   help="run directory: checkpoint.json + tensors are written here every epoch")
-    p.add_argument("--epochs", type=_POSITIVE_INT, default=None, metavar="N", help="epochs (default: by scale)")
-    p.add_argument("--lr", type=_POSITIVE, default=None,
-                   help="base learning rate of SGD with Nesterov momentum (default: by scale); the quantizers' "
-                        "clip and scale learn at 1/100 of it, as in PROFIT")
-    p.add_argument("--weight-decay", type=_NON_NEGATIVE, default=4e-5, metavar="WD",
-                   help="L2 weight decay on conv/linear weights (default: 4e-5, PROFIT's)")
-    p.add_argument("--warmup-epochs", type=_NON_NEGATIVE_INT, default=None, metavar="N",
-                   help="epochs of linear learning-rate warm-up before the cosine decay (default: by scale)")
-    p.add_argument("--ema-decay", type=_EMA_DECAY, default=BY_SCALE, metavar="D",
-                   help="decay of the weight moving average evaluated beside the model, or 'none' "
-                        "(default: by scale; PROFIT used 0.9997 on ImageNet)")
-    p.add_argument("--batch-size", type=_POSITIVE_INT, default=None, metavar="N", help="default: by scale")
-    p.add_argument("--width-mult", type=_POSITIVE, default=None, metavar="W",
-                   help="channel width multiplier (default: by scale)")
-    p.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=True,
-                   help="stem for 32x32 images: no downsampling in the stem and the first stride-2 stage, "
-                        "total stride 8 instead of 32 (default: on)")
-    p.add_argument("--stem-stride", type=int, choices=(1, 2), default=None,
-                   help="the stem's stride (default: by scale; 2 at tiny and quick, else 1 with --cifar-stem)")
-    p.add_argument("--negative-padding", action="store_true",
-                   help="MobileNet-v3 only: pad convs after h-swish with -3/8 in float too (PROFIT's v3)")
-    p.add_argument("--device", type=device_name, default=None,
-                   help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
-    p.add_argument("--init", default=None, metavar="RUN",
-                   help="start from trained float weights: a run directory, or a shipped pretrained name ("
-                        f"{', '.join(PRETRAINED)}); the model must match. With --recipe it replaces the recipe's "
-                        "init; with --model the learning rate defaults to the scale's fine-tuning lr")
-    p.add_argument("--restart", action="store_true",
-                   help="ignore (and overwrite) a checkpoint already in --out instead of resuming it")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars (default: on when the output is a terminal)")
-    p.add_argument("--compile", action="store_true",
-                   help="train through torch.compile: minutes of compilation first, then faster steps (for long runs; "
-                        "benchmarks/train_step.py --compile measures the gain on your machine)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="train in the NHWC memory layout: the same numbers up to float rounding; on a CPU a float "
-                        "MobileNet step takes about 0.6x as long, a quantized one gains less "
-                        "(benchmarks/train_step.py --channels-last measures it)")
+    _add_data_arguments(p)
+    _add_model_arguments(p)
+    _add_optim_arguments(p)
+    _add_run_arguments(p)
     p.set_defaults(handler=cmd_train)
 
 
@@ -287,6 +308,28 @@ def _changed(theirs: Any, ours: Any) -> Any:
     return theirs
 
 
+def _check_same_run(out: Path, meta: dict[str, Any]) -> None:
+    """Refuse to resume a run in ``out`` made with another model, data or batch size than ``meta`` describes."""
+    from .. import checkpoint
+
+    if not checkpoint.has_checkpoint(out):
+        return
+    previous = checkpoint.load_checkpoint(out).meta
+    differ = [k for k in ("model_args", "data", "batch_size") if _identity(previous.get(k)) != _identity(meta[k])]
+    if differ:
+        theirs = {k: _changed(previous.get(k), meta[k]) for k in differ}
+        raise CLIError(f"--out {out} holds a run with other {', '.join(differ)} ({theirs}); use another --out, "
+                       "or --restart to overwrite it")
+
+
+def _report_epoch(epoch: int, r: dict[str, Any], *, epochs: int) -> None:
+    """One line per finished epoch: learning rate, train loss, test top-1 (and top-5, EMA top-1), time."""
+    ema = f", EMA top-1 {r['ema_val_top1']:.2f}%" if r["ema_val_top1"] is not None else ""
+    top5 = f", top-5 {r['val_top5']:.2f}%" if r["val_top5"] is not None else ""
+    say(f"epoch {epoch + 1}/{epochs}: lr {r['lr']:.4g}, train loss {r['train_loss']:.4f}, "
+        f"test top-1 {r['val_top1']:.2f}%{top5}{ema} ({r['wall_s']:.1f} s)")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``profit-edu train``."""
     from .. import checkpoint, data, ledger
@@ -321,13 +364,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     out: Path = args.out
     resume = not args.restart
-    if resume and checkpoint.has_checkpoint(out):
-        previous = checkpoint.load_checkpoint(out).meta
-        differ = [k for k in ("model_args", "data", "batch_size") if _identity(previous.get(k)) != _identity(meta[k])]
-        if differ:
-            theirs = {k: _changed(previous.get(k), meta[k]) for k in differ}
-            raise CLIError(f"--out {out} holds a run with other {', '.join(differ)} ({theirs}); use another --out, "
-                           "or --restart to overwrite it")
+    if resume:
+        _check_same_run(out, meta)
 
     torch.manual_seed(args.seed)  # the model's random initialisation
     model = _init_from(resolve_init(args.init), model_args) if args.init is not None else model_from_args(model_args)
@@ -343,14 +381,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"batch {s['batch_size']}, lr {s['lr']}, device {device}")
     if resume and checkpoint.has_checkpoint(out):
         say(f"resuming from {out / checkpoint.JSON_NAME}")
-
-    def report(epoch: int, r: dict[str, Any]) -> None:
-        ema = f", EMA top-1 {r['ema_val_top1']:.2f}%" if r["ema_val_top1"] is not None else ""
-        top5 = f", top-5 {r['val_top5']:.2f}%" if r["val_top5"] is not None else ""
-        say(f"epoch {epoch + 1}/{config.epochs}: lr {r['lr']:.4g}, train loss {r['train_loss']:.4f}, "
-            f"test top-1 {r['val_top1']:.2f}%{top5}{ema} ({r['wall_s']:.1f} s)")
-
-    history = fit(model, train_loader, val_loader, config, out_dir=out, resume=resume, callback=report, meta=meta)
+    history = fit(model, train_loader, val_loader, config, out_dir=out, resume=resume,
+                  callback=partial(_report_epoch, epochs=config.epochs), meta=meta)
     last = history[-1]
     say(f"done: test top-1 {last['val_top1']:.2f}%{ema_part(last)}; checkpoint in {out}")
     return 0

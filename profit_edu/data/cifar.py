@@ -331,6 +331,13 @@ def _load_cached(source: _Source, cache_dir: Path) -> ImageArrays:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _why_not(folder: Path, split: str) -> str:
+    """Why ``folder`` holds no CIFAR-10 ``split``, for the error that lists every place searched."""
+    if folder.is_dir():
+        return f"no {split}/, {split}.tar.gz or {_PYTHON_FOLDER}/ inside"
+    return "a file, not a folder" if folder.exists() else "no such folder"
+
+
 def cifar10(
     root: str | os.PathLike[str] | None = None,
     train: bool = True,
@@ -375,11 +382,7 @@ def cifar10(
         source = _find_split(folder, split) if folder.is_dir() else None
         if source is not None:
             return _load_cached(source, cache)
-        if folder.is_dir():
-            state = f"no {split}/, {split}.tar.gz or {_PYTHON_FOLDER}/ inside"
-        else:
-            state = "a file, not a folder" if folder.exists() else "no such folder"
-        looked.append(f"  {folder} ({why}): {state}")
+        looked.append(f"  {folder} ({why}): {_why_not(folder, split)}")
     if not explicit:
         leftover = _read_cache(_cache_path(cache, split), None)
         if leftover is not None:

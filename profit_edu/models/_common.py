@@ -251,6 +251,40 @@ def _show(keys: list[str]) -> str:
     return f"[{shown}{f', ... and {more} more' if more > 0 else ''}]"
 
 
+def _check_keys(name: str, own: Mapping[str, Tensor], state_dict: Mapping[str, Tensor]) -> list[str]:
+    """Raise a KeyError listing missing and unexpected keys; return the missing BN counters (allowed)."""
+    missing = [k for k in own if k not in state_dict]
+    counters = [k for k in missing if k.endswith("num_batches_tracked")]
+    missing = [k for k in missing if k not in counters]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) (in the model, not in state_dict): {_show(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) (in state_dict, not in the model): {_show(unexpected)}")
+        hint = ""
+        if unexpected and all(k.startswith("module.") for k in unexpected):
+            hint = " The keys start with 'module.': strip that DataParallel prefix first."
+        raise KeyError(f"state_dict does not match {name}: {'; '.join(parts)}. Build the model with the "
+                       f"checkpoint's architecture (v2 / v3-large / v3-small) and width_mult, and load before "
+                       f"quantize_model.{hint}")
+    return counters
+
+
+def _check_shapes(name: str, own: Mapping[str, Tensor], state_dict: Mapping[str, Tensor]) -> None:
+    """Raise a TypeError for a value that is not a tensor, a ValueError listing every shape mismatch."""
+    bad = []
+    for k, v in state_dict.items():
+        if not isinstance(v, Tensor):
+            raise TypeError(f"state_dict[{k!r}] must be a tensor, got {type(v).__name__}")
+        if v.shape != own[k].shape:
+            bad.append(f"{k!r}: state_dict has {tuple(v.shape)}, model has {tuple(own[k].shape)}")
+    if bad:
+        raise ValueError(f"state_dict does not match {name}: {len(bad)} shape mismatch(es): {'; '.join(bad)}. "
+                         f"Build the model with the checkpoint's num_classes and width_mult.")
+
+
 def load_torchvision_weights(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
     """Load a torchvision MobileNet state dict into the matching float model, strictly; returns the model.
 
@@ -279,33 +313,9 @@ def load_torchvision_weights(model: nn.Module, state_dict: Mapping[str, Tensor])
     """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of parameter names to tensors, got {type(state_dict).__name__}")
-    name = type(model).__name__
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    counters = [k for k in missing if k.endswith("num_batches_tracked")]
-    missing = [k for k in missing if k not in counters]
-    unexpected = [k for k in state_dict if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) (in the model, not in state_dict): {_show(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) (in state_dict, not in the model): {_show(unexpected)}")
-        hint = ""
-        if unexpected and all(k.startswith("module.") for k in unexpected):
-            hint = " The keys start with 'module.': strip that DataParallel prefix first."
-        raise KeyError(f"state_dict does not match {name}: {'; '.join(parts)}. Build the model with the "
-                       f"checkpoint's architecture (v2 / v3-large / v3-small) and width_mult, and load before "
-                       f"quantize_model.{hint}")
-    bad = []
-    for k, v in state_dict.items():
-        if not isinstance(v, Tensor):
-            raise TypeError(f"state_dict[{k!r}] must be a tensor, got {type(v).__name__}")
-        if v.shape != own[k].shape:
-            bad.append(f"{k!r}: state_dict has {tuple(v.shape)}, model has {tuple(own[k].shape)}")
-    if bad:
-        raise ValueError(f"state_dict does not match {name}: {len(bad)} shape mismatch(es): {'; '.join(bad)}. "
-                         f"Build the model with the checkpoint's num_classes and width_mult.")
+    counters = _check_keys(type(model).__name__, own, state_dict)
+    _check_shapes(type(model).__name__, own, state_dict)
     full = dict(state_dict)
     for k in counters:
         full[k] = torch.zeros_like(own[k])

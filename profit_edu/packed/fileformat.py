@@ -192,6 +192,60 @@ def _slice(t: Tensor, start: int, n: int, what: str) -> Tensor:
     return t[start:start + n]
 
 
+def _check_tensors(tensors: dict[str, Tensor]) -> None:
+    """The packed file's tensors: exactly :data:`TENSOR_DTYPES`, each 1-D of its dtype."""
+    if set(tensors) != set(TENSOR_DTYPES):
+        raise PackedFormatError(f"expected tensors {sorted(TENSOR_DTYPES)}, got {sorted(tensors)}")
+    for name, dtype in TENSOR_DTYPES.items():
+        if tensors[name].dtype != dtype or tensors[name].dim() != 1:
+            raise PackedFormatError(f"tensor {name!r} must be 1-D {dtype}, got {tensors[name].dtype} "
+                                    f"{tuple(tensors[name].shape)}")
+
+
+def _read_conv(o: _Reader, i: int, tensors: dict[str, Tensor], at: dict[str, int]) -> Conv:
+    """A conv op: its fields from JSON, its codes and per-channel integers from the tensors at ``at``'s offsets
+    (which it advances)."""
+    o.keys("op", "name", "input", "out", "shape", "bits", "pre_step", optional=tuple(CONV_DEFAULTS))
+    name = o.str("name")
+    shape = [int(v) for v in o.nums("shape", 4)]
+    bits = o.int("bits")
+    if bits not in PACK_BITS:
+        raise UnsupportedBitsError(f"program.ops[{i}]: weight bits {bits} are not supported (one of {PACK_BITS})")
+    if min(shape) < 1 or math.prod(shape) > 2**28:
+        raise PackedFormatError(f"program.ops[{i}]: bad weight shape {shape}")
+    n = math.prod(shape)
+    nbytes = packed_size(n, bits)
+    codes = unpack(_slice(tensors["weights"], at["weights"], nbytes, "weights"), bits, n) - (2 ** (bits - 1) - 1)
+    at["weights"] += nbytes
+    c_at, out_ch = at["channels"], shape[0]
+    bias, m0, shift = (_slice(tensors[k], c_at, out_ch, k).to(torch.int64) for k in ("bias", "m0", "shift"))
+    at["channels"] += out_ch
+    d = CONV_DEFAULTS
+    return Conv(name, o.str("input"), name, codes.reshape(shape), bits, bias, m0, shift,
+                o.num("pre_step"), o.str("act", d["act"]), o.int("frac_bits", d["frac_bits"]),
+                o.int("stride", d["stride"]), o.int("padding", d["padding"]),
+                o.int("groups", d["groups"]), o.get("linear", bool, d["linear"]))
+
+
+def _read_op(o: _Reader, i: int, tensors: dict[str, Tensor], at: dict[str, int]) -> Any:
+    """One operation of ``program.ops`` (conv, rescale, pool, add, semul)."""
+    kind, name = o.str("op"), o.str("name")
+    if kind == "conv":
+        return _read_conv(o, i, tensors, at)
+    if kind in ("rescale", "pool"):
+        o.keys("op", "name", "input", "out", "m0", "shift")
+        cls = Rescale if kind == "rescale" else Pool
+        return cls(name, o.str("input"), name, o.int("m0"), o.int("shift"))
+    if kind == "add":
+        o.keys("op", "name", "skip", "branch", "out", "m0", "shift")
+        return Add(name, o.str("skip"), o.str("branch"), name, o.int("m0"), o.int("shift"))
+    if kind == "semul":
+        o.keys("op", "name", "input", "gate", "out", "zero", "zero_bits", "m0", "shift")
+        return SEMul(name, o.str("input"), o.str("gate"), name, o.int("zero"), o.int("zero_bits"),
+                     o.int("m0"), o.int("shift"))
+    raise PackedFormatError(f"program.ops[{i}]: unknown operation {kind!r}")
+
+
 def program_from_json(text: str, tensors: dict[str, Tensor]) -> Program:
     """Rebuild and validate a program from its JSON and tensors (inverse of :func:`program_to_json`).
 
@@ -210,56 +264,17 @@ def program_from_json(text: str, tensors: dict[str, Tensor]) -> Program:
     classes = r.get("classes", (list, type(None)))
     if classes is not None and not all(isinstance(c, str) for c in classes):
         raise PackedFormatError("program.classes must be a list of strings")
-    if set(tensors) != set(TENSOR_DTYPES):
-        raise PackedFormatError(f"expected tensors {sorted(TENSOR_DTYPES)}, got {sorted(tensors)}")
-    for name, dtype in TENSOR_DTYPES.items():
-        if tensors[name].dtype != dtype or tensors[name].dim() != 1:
-            raise PackedFormatError(f"tensor {name!r} must be 1-D {dtype}, got {tensors[name].dtype} "
-                                    f"{tuple(tensors[name].shape)}")
+    _check_tensors(tensors)
     ops: list[Any] = []
-    w_at, c_at = 0, 0
+    at = {"weights": 0, "channels": 0}  # how far the ops read so far reach into the packed tensors
     for i, op_doc in enumerate(r.get("ops", list)):
         o = _Reader(op_doc, f"program.ops[{i}]")
-        kind, name = o.str("op"), o.str("name")
+        _, name = o.str("op"), o.str("name")  # "op" first: its absence is the first thing to report
         if name in specs:
             raise PackedFormatError(f"program.ops[{i}]: tensor {name!r} is written twice")
         specs[name] = _tensor_spec(o.get("out", dict), f"program.ops[{i}].out")
-        if kind == "conv":
-            o.keys("op", "name", "input", "out", "shape", "bits", "pre_step", optional=tuple(CONV_DEFAULTS))
-            shape = [int(v) for v in o.nums("shape", 4)]
-            bits = o.int("bits")
-            if bits not in PACK_BITS:
-                raise UnsupportedBitsError(f"program.ops[{i}]: weight bits {bits} are not supported "
-                                           f"(one of {PACK_BITS})")
-            if min(shape) < 1 or math.prod(shape) > 2**28:
-                raise PackedFormatError(f"program.ops[{i}]: bad weight shape {shape}")
-            n = math.prod(shape)
-            nbytes = packed_size(n, bits)
-            codes = unpack(_slice(tensors["weights"], w_at, nbytes, "weights"), bits, n) - (2 ** (bits - 1) - 1)
-            w_at += nbytes
-            out_ch = shape[0]
-            bias = _slice(tensors["bias"], c_at, out_ch, "bias").to(torch.int64)
-            m0 = _slice(tensors["m0"], c_at, out_ch, "m0").to(torch.int64)
-            shift = _slice(tensors["shift"], c_at, out_ch, "shift").to(torch.int64)
-            c_at += out_ch
-            d = CONV_DEFAULTS
-            ops.append(Conv(name, o.str("input"), name, codes.reshape(shape), bits, bias, m0, shift,
-                            o.num("pre_step"), o.str("act", d["act"]), o.int("frac_bits", d["frac_bits"]),
-                            o.int("stride", d["stride"]), o.int("padding", d["padding"]),
-                            o.int("groups", d["groups"]), o.get("linear", bool, d["linear"])))
-        elif kind in ("rescale", "pool"):
-            o.keys("op", "name", "input", "out", "m0", "shift")
-            cls = Rescale if kind == "rescale" else Pool
-            ops.append(cls(name, o.str("input"), name, o.int("m0"), o.int("shift")))
-        elif kind == "add":
-            o.keys("op", "name", "skip", "branch", "out", "m0", "shift")
-            ops.append(Add(name, o.str("skip"), o.str("branch"), name, o.int("m0"), o.int("shift")))
-        elif kind == "semul":
-            o.keys("op", "name", "input", "gate", "out", "zero", "zero_bits", "m0", "shift")
-            ops.append(SEMul(name, o.str("input"), o.str("gate"), name, o.int("zero"), o.int("zero_bits"),
-                             o.int("m0"), o.int("shift")))
-        else:
-            raise PackedFormatError(f"program.ops[{i}]: unknown operation {kind!r}")
+        ops.append(_read_op(o, i, tensors, at))
+    w_at, c_at = at["weights"], at["channels"]
     if w_at != tensors["weights"].numel() or c_at != tensors["bias"].numel() or \
             not tensors["bias"].numel() == tensors["m0"].numel() == tensors["shift"].numel():
         raise PackedFormatError(f"tensor sizes do not match the program: weights {tensors['weights'].numel()} bytes "

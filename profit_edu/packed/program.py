@@ -386,6 +386,95 @@ def check_classes(classes: object, outputs: int) -> None:
                          "output, in output order (or none)")
 
 
+def _check_specs(tensors: dict[str, TensorSpec]) -> None:
+    """Every tensor's kind, scale, offset, range and channels; a 3-channel ``image`` input."""
+    if "image" not in tensors or tensors["image"].kind != "image" or tensors["image"].channels != 3:
+        raise ValueError("program must have a 3-channel 'image' input tensor")
+    for name, spec in tensors.items():
+        if spec.kind not in TENSOR_KINDS:
+            raise ValueError(f"tensor {name!r}: kind must be one of {TENSOR_KINDS}, got {spec.kind!r}")
+        if not (math.isfinite(spec.scale) and spec.scale > 0 and math.isfinite(spec.offset)):
+            raise ValueError(f"tensor {name!r}: scale must be finite and > 0 and offset finite, got "
+                             f"{spec.scale}, {spec.offset}")
+        if not (-INT32_MAX <= spec.lo <= spec.hi <= INT32_MAX) or spec.channels < 1:
+            raise ValueError(f"tensor {name!r}: need -2**31 < lo <= hi < 2**31 and channels >= 1, got "
+                             f"{spec.lo}..{spec.hi}, {spec.channels} channels")
+
+
+class _Flow:
+    """The tensors written so far and their per-image shapes: each is read only after it is written, and written
+    once, with the channels its :class:`TensorSpec` declares."""
+
+    def __init__(self, tensors: dict[str, TensorSpec], image_shape: tuple[int, ...]) -> None:
+        self.tensors = tensors
+        self.shapes: dict[str, tuple[int, ...]] = {"image": image_shape}
+
+    def read(self, name: str, where: str) -> tuple[TensorSpec, tuple[int, ...]]:
+        if name not in self.shapes:
+            raise ValueError(f"{where} reads tensor {name!r}, which is not written before it")
+        return self.tensors[name], self.shapes[name]
+
+    def write(self, name: str, shape: tuple[int, ...], where: str) -> None:
+        if name not in self.tensors:
+            raise ValueError(f"{where} writes tensor {name!r}, which has no TensorSpec")
+        if name in self.shapes:
+            raise ValueError(f"{where} writes tensor {name!r} a second time")
+        if shape[0] != self.tensors[name].channels:
+            raise ValueError(f"{where}: tensor {name!r} has {self.tensors[name].channels} channels, the op makes "
+                             f"{shape[0]}")
+        self.shapes[name] = shape
+
+
+def _pool_shape(op: Pool, spec_in: TensorSpec, shape_in: tuple[int, ...], where: str) -> tuple[int, ...]:
+    if len(shape_in) != 3:
+        raise ValueError(f"{where}: pooling needs a (C, H, W) input, got {shape_in}")
+    _check_mult(where, op.m0, op.shift)
+    total = shape_in[1] * shape_in[2] * max(abs(spec_in.lo), abs(spec_in.hi))
+    if total > INT32_MAX:
+        raise AccumulatorOverflowError(f"{where}: the pooled sum could reach {total} > 2**31 - 1")
+    return (shape_in[0],)
+
+
+def _semul_shape(op: SEMul, flow: _Flow, where: str) -> tuple[int, ...]:
+    spec_in, shape_in = flow.read(op.input, where)
+    spec_g, shape_g = flow.read(op.gate, where)
+    if len(shape_in) != 3 or shape_g not in ((shape_in[0],), (shape_in[0], 1, 1)):
+        raise ValueError(f"{where}: needs a (C, H, W) input and a (C,) gate, got {shape_in}, {shape_g}")
+    if spec_g.kind != "gate" or spec_g.lo != 0 or not 0 <= op.zero_bits <= 16:
+        raise ValueError(f"{where}: the gate must be a 'gate' tensor with lo 0, zero_bits in 0..16")
+    big_g = spec_g.hi
+    total = max(abs(spec_in.lo), abs(spec_in.hi)) * big_g * 2**op.zero_bits + abs(op.zero) * big_g
+    if total > INT32_MAX:
+        raise AccumulatorOverflowError(f"{where}: the SE numerator could reach {total} > 2**31 - 1")
+    _check_mult(where, op.m0, op.shift)
+    return shape_in
+
+
+def _output_shape(op: Any, flow: _Flow, where: str) -> tuple[int, ...]:
+    """Check one operation against the tensors it reads; return the per-image shape of what it writes."""
+    if isinstance(op, Conv):
+        spec_in, shape_in = flow.read(op.input, where)
+        if op.output not in flow.tensors:
+            raise ValueError(f"{where} writes tensor {op.output!r}, which has no TensorSpec")
+        return _check_conv(op, spec_in, flow.tensors[op.output], shape_in)
+    if isinstance(op, Rescale):
+        _, shape_in = flow.read(op.input, where)
+        _check_mult(where, op.m0, op.shift)
+        return shape_in
+    if isinstance(op, Add):
+        _, shape_skip = flow.read(op.skip, where)
+        _, shape_branch = flow.read(op.branch, where)
+        if shape_skip != shape_branch:
+            raise ValueError(f"{where}: skip {shape_skip} and branch {shape_branch} shapes differ")
+        _check_mult(where, op.m0, op.shift)
+        return shape_skip
+    if isinstance(op, Pool):
+        return _pool_shape(op, *flow.read(op.input, where), where)
+    if isinstance(op, SEMul):
+        return _semul_shape(op, flow, where)
+    raise ValueError(f"unknown operation {op!r}")
+
+
 def check_program(program: Program) -> dict[str, tuple[int, ...]]:
     """Validate a program; return every tensor's per-image shape.
 
@@ -399,78 +488,15 @@ def check_program(program: Program) -> dict[str, tuple[int, ...]]:
         ValueError: anything else malformed (the message names the operation).
     """
     tensors = program.tensors
-    if "image" not in tensors or tensors["image"].kind != "image" or tensors["image"].channels != 3:
-        raise ValueError("program must have a 3-channel 'image' input tensor")
-    for name, spec in tensors.items():
-        if spec.kind not in TENSOR_KINDS:
-            raise ValueError(f"tensor {name!r}: kind must be one of {TENSOR_KINDS}, got {spec.kind!r}")
-        if not (math.isfinite(spec.scale) and spec.scale > 0 and math.isfinite(spec.offset)):
-            raise ValueError(f"tensor {name!r}: scale must be finite and > 0 and offset finite, got "
-                             f"{spec.scale}, {spec.offset}")
-        if not (-INT32_MAX <= spec.lo <= spec.hi <= INT32_MAX) or spec.channels < 1:
-            raise ValueError(f"tensor {name!r}: need -2**31 < lo <= hi < 2**31 and channels >= 1, got "
-                             f"{spec.lo}..{spec.hi}, {spec.channels} channels")
+    _check_specs(tensors)
     h, w = check_input_size(program.input_size)
     check_channel_values("mean", program.mean)
     check_channel_values("std", program.std, positive=True)
-    shapes: dict[str, tuple[int, ...]] = {"image": (3, h, w)}
-
-    def read(name: str, where: str) -> tuple[TensorSpec, tuple[int, ...]]:
-        if name not in shapes:
-            raise ValueError(f"{where} reads tensor {name!r}, which is not written before it")
-        return tensors[name], shapes[name]
-
-    def write(name: str, shape: tuple[int, ...], where: str) -> None:
-        if name not in tensors:
-            raise ValueError(f"{where} writes tensor {name!r}, which has no TensorSpec")
-        if name in shapes:
-            raise ValueError(f"{where} writes tensor {name!r} a second time")
-        if shape[0] != tensors[name].channels:
-            raise ValueError(f"{where}: tensor {name!r} has {tensors[name].channels} channels, the op makes {shape[0]}")
-        shapes[name] = shape
-
+    flow = _Flow(tensors, (3, h, w))
     for op in program.ops:
         where = f"{op.kind} {op.name!r}"
-        if isinstance(op, Conv):
-            spec_in, shape_in = read(op.input, where)
-            if op.output not in tensors:
-                raise ValueError(f"{where} writes tensor {op.output!r}, which has no TensorSpec")
-            write(op.output, _check_conv(op, spec_in, tensors[op.output], shape_in), where)
-        elif isinstance(op, Rescale):
-            spec_in, shape_in = read(op.input, where)
-            _check_mult(where, op.m0, op.shift)
-            write(op.output, shape_in, where)
-        elif isinstance(op, Add):
-            _, shape_skip = read(op.skip, where)
-            _, shape_branch = read(op.branch, where)
-            if shape_skip != shape_branch:
-                raise ValueError(f"{where}: skip {shape_skip} and branch {shape_branch} shapes differ")
-            _check_mult(where, op.m0, op.shift)
-            write(op.output, shape_skip, where)
-        elif isinstance(op, Pool):
-            spec_in, shape_in = read(op.input, where)
-            if len(shape_in) != 3:
-                raise ValueError(f"{where}: pooling needs a (C, H, W) input, got {shape_in}")
-            _check_mult(where, op.m0, op.shift)
-            total = shape_in[1] * shape_in[2] * max(abs(spec_in.lo), abs(spec_in.hi))
-            if total > INT32_MAX:
-                raise AccumulatorOverflowError(f"{where}: the pooled sum could reach {total} > 2**31 - 1")
-            write(op.output, (shape_in[0],), where)
-        elif isinstance(op, SEMul):
-            spec_in, shape_in = read(op.input, where)
-            spec_g, shape_g = read(op.gate, where)
-            if len(shape_in) != 3 or shape_g not in ((shape_in[0],), (shape_in[0], 1, 1)):
-                raise ValueError(f"{where}: needs a (C, H, W) input and a (C,) gate, got {shape_in}, {shape_g}")
-            if spec_g.kind != "gate" or spec_g.lo != 0 or not 0 <= op.zero_bits <= 16:
-                raise ValueError(f"{where}: the gate must be a 'gate' tensor with lo 0, zero_bits in 0..16")
-            big_g = spec_g.hi
-            total = max(abs(spec_in.lo), abs(spec_in.hi)) * big_g * 2**op.zero_bits + abs(op.zero) * big_g
-            if total > INT32_MAX:
-                raise AccumulatorOverflowError(f"{where}: the SE numerator could reach {total} > 2**31 - 1")
-            _check_mult(where, op.m0, op.shift)
-            write(op.output, shape_in, where)
-        else:
-            raise ValueError(f"unknown operation {op!r}")
+        flow.write(op.output, _output_shape(op, flow, where), where)
+    shapes = flow.shapes
     if program.output not in shapes or tensors[program.output].kind != "logits":
         raise ValueError(f"output {program.output!r} must be a 'logits' tensor written by the program")
     check_classes(program.classes, tensors[program.output].channels)

@@ -28,11 +28,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "book" / "_tools"))
+sys.path.insert(0, str(ROOT / "book" / "_ext"))
 import chapter_runner  # noqa: E402
 import nbtool  # noqa: E402
+import offline_book  # noqa: E402  (the build's own check: the same rule, applied here to the pages as built)
 
 SCREENSHOTS = ROOT / "_build" / "screenshots"
-CDN = re.compile(r"https?://(?:unpkg\.com|cdn\.jsdelivr\.net|cdnjs\.cloudflare\.com)")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -92,22 +93,34 @@ def screenshot(page: Path, name: str, height: int = 4000) -> Path:
 
 
 CHAPTERS = [p.stem for p in nbtool.chapters()]
-#: Part II pages are held to "no external URL at all" (part I's flipbook still loads FontAwesome; issue 14).
-PART_II = [stem for stem in CHAPTERS if stem[:2] >= "05"]
-URL_ATTRIBUTE = re.compile(r'(?:src|href)\s*=\s*["\'](https?://[^"\']+)["\']')
+ASSIGNMENTS = [f"assignments/{p.stem}" for p in sorted((ROOT / "book" / "assignments").glob("[0-9][0-9]_*.ipynb"))]
 
 
-@pytest.mark.parametrize("stem", CHAPTERS)
-def test_chapter_page_has_colab_link_and_no_cdn(book_html: Path, stem: str) -> None:
+def _allowed_links() -> tuple[str, ...]:
+    """Links a page may hold (a reader follows them; they load nothing): the repository, Colab, DOIs."""
+    url, _ = nbtool.repository()
+    return (url, "https://colab.research.google.com", offline_book.DOI_PREFIX)
+
+
+@pytest.mark.parametrize("stem", CHAPTERS + ASSIGNMENTS)
+def test_chapter_page_has_colab_link_and_no_external_url(book_html: Path, stem: str) -> None:
     page = book_html / "book" / f"{stem}.html"
     assert page.exists(), f"{page} was not built"
     raw = page.read_text()
-    assert not CDN.search(raw), f"{page.name} references a CDN: {CDN.search(raw).group(0)}"
-    url, branch = nbtool.repository()
-    colab = f"https://colab.research.google.com/github/{url.split('github.com/')[1]}/blob/{branch}/book/{stem}.ipynb"
+    outside = offline_book.external_urls(raw, _allowed_links())
+    assert not outside, f"{page.name} refers to external URLs: {outside[:5]}"
+    url, release = nbtool.repository()
+    colab = f"https://colab.research.google.com/github/{url.split('github.com/')[1]}/blob/{release}/book/{stem}.ipynb"
     rendered = dom(page)
-    assert colab in rendered, f"{page.name} shows no Colab link to {colab}"
-    screenshot(page, stem)
+    assert colab in rendered, f"{page.name} shows no Colab link to {colab} (the book's release)"
+    screenshot(page, stem.replace("/", "-"))
+
+
+def test_no_page_of_the_book_refers_outside(book_html: Path) -> None:
+    """The whole site (index, references, search, genindex), not only the chapters."""
+    found = {str(p.relative_to(book_html)): offline_book.external_urls(p.read_text(), _allowed_links())
+             for p in sorted(book_html.rglob("*.html"))}
+    assert {k: v for k, v in found.items() if v} == {}
 
 
 def test_widget_slider_renders_offline(book_html: Path) -> None:
@@ -127,6 +140,8 @@ def test_flipbook_renders_without_a_kernel(book_html: Path) -> None:
     assert 'class="anim-slider"' in rendered, "the flipbook's slider is missing"
     assert re.search(r'<img id="_anim_img\w*"[^>]*src="data:image/png;base64,', rendered), "no flipbook frame"
     assert rendered.count("anim-buttons") >= 1
+    buttons = re.search(r'<div class="anim-buttons">(.*?)</div>', page.read_text(), re.S)
+    assert buttons and "<i class" not in buttons.group(1), "the flipbook's buttons still use icon fonts"
     screenshot(page, "02_uniform_quantization_full", height=9000)
 
 
@@ -135,17 +150,49 @@ def test_math_renders_offline(book_html: Path) -> None:
     assert "<mjx-container" in rendered, "MathJax (served by the book) did not typeset the formulas"
 
 
-def _allowed_links() -> set[str]:
-    """Links a page may point to (never load): the repository and its Colab launch links."""
-    url, _ = nbtool.repository()
-    return {url, "https://colab.research.google.com"}
+#: Appended to a copy of a page: after layout, every printed output, table and picture of the page must either fit
+#: the text column or sit in a box that scrolls sideways and itself fits the column (what the book's stylesheet,
+#: book/_ext/static/book_layout.css, provides). Anything else runs past the column and is cut. The offenders go
+#: into an attribute of <body>.
+LAYOUT_PROBE = """<script>
+window.addEventListener("load", function () {
+  setTimeout(function () {
+    var article = document.querySelector("article.bd-article");
+    var right = article.getBoundingClientRect().right;
+    var cut = [];
+    var items = article.querySelectorAll("div.cell_output pre, div.cell_output table, table, div.cell_output img");
+    items.forEach(function (el) {
+      var box = el;
+      while (box !== article) {
+        var overflow = getComputedStyle(box).overflowX;
+        if (overflow === "auto" || overflow === "scroll") { break; }
+        box = box.parentElement;
+      }
+      var edge = (box === article ? el : box).getBoundingClientRect().right;
+      if (edge > right + 1) {
+        cut.push(el.tagName + " " + Math.round(edge - right) + "px: " + (el.textContent || el.src).slice(0, 60));
+      }
+    });
+    document.body.setAttribute("data-cut", JSON.stringify({items: items.length, cut: cut}));
+  }, 3000);
+});
+</script>"""
 
 
-@pytest.mark.parametrize("stem", PART_II)
-def test_part_two_pages_load_nothing_from_outside(book_html: Path, stem: str) -> None:
-    raw = (book_html / "book" / f"{stem}.html").read_text()
-    outside = sorted({u for u in URL_ATTRIBUTE.findall(raw) if not any(u.startswith(a) for a in _allowed_links())})
-    assert not outside, f"{stem}.html refers to external URLs: {outside[:5]}"
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_wide_outputs_scroll_instead_of_being_cut(book_html: Path, stem: str) -> None:
+    page = book_html / "book" / f"{stem}.html"
+    probe = page.with_name(f"{stem}_layout_probe.html")  # beside the page, so its relative links still resolve
+    probe.write_text(page.read_text().replace("</body>", LAYOUT_PROBE + "</body>"))
+    try:  # a narrow window (a laptop with the sidebar open, a tablet) is where wide outputs overflow
+        rendered = _run(["--virtual-time-budget=8000", "--window-size=900,3000", "--dump-dom", probe.as_uri()])
+    finally:
+        probe.unlink()
+    found = re.search(r'data-cut="([^"]*)"', rendered)
+    assert found, "the probe did not run (the page's scripts failed?)"
+    seen = json.loads(html.unescape(found.group(1)))
+    assert seen["items"] > 0, f"{stem}: the probe found no outputs to check"
+    assert seen["cut"] == [], f"{stem}: outputs run past the text column: {seen['cut'][:5]}"
 
 
 #: Appended to a copy of a page: once the widgets have rendered, move the last slider one step with the keyboard

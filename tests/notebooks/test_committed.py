@@ -61,6 +61,16 @@ def test_first_code_cell_installs_only_in_colab(chapter: Path) -> None:
     assert not re.search(r"\b(torch|ipywidgets|torchvision)\b", code), "never reinstall Colab's own packages"
 
 
+def test_colab_installs_and_opens_the_books_release() -> None:
+    """One pin, in _config.yml: the release tag, "v" + the package version; never a moving branch."""
+    version = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert BRANCH == f"v{version}", f"_config.yml's repository.branch is {BRANCH!r}; the release tag is v{version}"
+    for chapter in CHAPTERS:
+        first = _code_cells(_nb(chapter))[0]
+        pins = re.findall(r"git\+\S+?@([\w.\-]+)", first)
+        assert pins == [BRANCH], f"{chapter.name} installs {pins}, not the book's release {BRANCH}"
+
+
 def test_repository_url_comes_from_config() -> None:
     assert CONFIG["repository"]["url"].rstrip("/") == URL
     assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
@@ -153,7 +163,7 @@ def test_book_config_is_offline_and_strict() -> None:
 # --------------------------------------------------------------------------------------------
 # Numbers read from benchmarks/results: every id and path a chapter names exists there
 # --------------------------------------------------------------------------------------------
-LOOKUPS = {"ledger_value": 1, "ledger_record": 1, "source": 1, "benchmark_value": 2}
+LOOKUPS = {"ledger_value": 1, "ledger_record": 1, "ledger_history": 1, "source": 1, "benchmark_value": 2}
 
 
 def _result_lookups(code: str, where: str) -> list[tuple[str, tuple[str, ...]]]:
@@ -180,11 +190,14 @@ def test_result_lookups_see_literal_ids_and_refuse_others() -> None:
         _result_lookups("res.ledger_value(name)", "t")
 
 
-LEDGER_CHAPTERS = [c for c in CHAPTERS if "results.Results" in "\n".join(_code_cells(_nb(c)))]
+#: The assignments' student editions (what the book shows) read the ledger too.
+ASSIGNMENTS = sorted((ROOT / "book" / "assignments").glob("[0-9][0-9]_*.ipynb"))
+LEDGER_CHAPTERS = [c for c in CHAPTERS + ASSIGNMENTS if "results.Results" in "\n".join(_code_cells(_nb(c)))]
 
 
 def test_some_chapter_reads_the_ledger_by_id() -> None:
     assert any(c.name.startswith("08_") for c in LEDGER_CHAPTERS), "chapter 8 reads its sizes and speeds by id"
+    assert {"06", "07"} <= {c.name[:2] for c in LEDGER_CHAPTERS}, "chapters 6 and 7 read the accuracy results"
 
 
 @pytest.mark.parametrize("chapter", LEDGER_CHAPTERS, ids=[p.stem for p in LEDGER_CHAPTERS])
@@ -199,6 +212,9 @@ def test_every_number_read_from_the_results_exists(chapter: Path) -> None:
     for method, args in lookups:
         if method == "benchmark_value":
             res.benchmark_value(*args)  # raises KeyError naming the missing key
+        elif method == "ledger_history":
+            lines = res.ledger_history(args[0])
+            assert all(isinstance(r["value"], int | float) for r in lines), f"{chapter.name}: {args[0]}"
         else:
             rec = res.ledger_record(args[0])
             assert isinstance(rec["value"], int | float), f"{chapter.name}: ledger id {args[0]} has no number"

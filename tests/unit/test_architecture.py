@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"layers"},
     {"models", "checkpoint"},
     {"aiwq", "data", "ledger"},
+    {"diagnostics"},
     {"freezing"},
     {"recipe", "schedule"},
     {"optim", "ema", "train", "distributed"},
@@ -33,13 +34,10 @@ RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
 MAX_LINES = 650  # "about 600"
 #: Files allowed past the limit until they are split (ARCHITECTURE.md, "to be split").
-TO_BE_SPLIT = {"aiwq.py"}
+TO_BE_SPLIT: set[str] = set()
 MAX_FUNCTION_LINES = 60  # decorators, signature and docstring included
 #: Functions allowed past it until they are broken into helpers (ARCHITECTURE.md, "to be split").
-LONG_FUNCTIONS = {"book/aiwq_explorer.py": {"draw_frame"}, "checkpoint.py": {"load_checkpoint"},
-                  "cli/train.py": {"add_train_parser", "cmd_train"}, "data/cifar.py": {"cifar10"},
-                  "layers.py": {"quantize_model"}, "models/_common.py": {"load_torchvision_weights"},
-                  "packed/fileformat.py": {"program_from_json"}, "packed/program.py": {"check_program"}}
+LONG_FUNCTIONS = {"checkpoint.py": {"load_checkpoint"}}
 
 
 def _module_name(path: Path) -> str:

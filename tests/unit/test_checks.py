@@ -147,6 +147,62 @@ def gpu_hours(epochs, images, student, teacher, tflops, student_passes=3):
     return 2 * epochs * images * (student_passes * student + teacher) * 1e9 / (tflops * 1e12) / 3600
 
 
+def profit_frozen(raw, fraction, ema, skip_above, *, skip=True, use_mean=False):
+    score = {}
+    for name, values in raw.items():
+        kept = [v for v in values if v == v and (v <= skip_above or not skip)]
+        m = 0.0
+        for v in kept:
+            m = ema * m + (1 - ema) * v
+        score[name] = sum(kept) if use_mean else m
+    order = sorted(score, key=score.get, reverse=True)  # a stable sort: ties keep model order
+    return order[: math.floor(len(order) * fraction)]
+
+
+def paired_interval(a, b, *, quantile=None, ddof=1, paired=True):
+    from scipy import stats
+
+    d = np.asarray(a) - np.asarray(b)
+    n = len(d)
+    if n == 1:
+        return float(d[0]), None
+    q = quantile or stats.t.ppf(0.975, n - 1)
+    spread = d.std(ddof=ddof) if paired else math.sqrt(np.var(a, ddof=1) / n + np.var(b, ddof=1) / n) * math.sqrt(n)
+    return float(d.mean()), float(q * spread / math.sqrt(n))
+
+
+def phase_list(s, *, bn2=True):
+    out = [("fp", s.fp_epochs)] if s.fp_epochs else []
+
+    def stage(prefix, profit):
+        if s.bn_stabilize:
+            out.append((f"{prefix}_bn", s.bn_epochs))
+        if profit:
+            out.append((f"{prefix}_sampling", s.sampling_epochs))
+            out.extend((f"{prefix}_ft{k}", s.ft_epochs) for k in range(1, len(s.freeze_fractions) + 1))
+        else:
+            out.append((f"{prefix}_ft", s.ft_epochs))
+        if s.bn_stabilize and bn2:
+            out.append((f"{prefix}_bn2", s.bn_epochs))
+
+    for a in s.act_bits:
+        stage(f"a{a}", False)
+    for w in s.weight_bits:
+        stage(f"w{w}", w in s.profit_bits)
+    return out
+
+
+def kd_grad(s, t):
+    return (torch.softmax(s, dim=1) - torch.softmax(t, dim=1)) / s.shape[0]
+
+
+def ema_start_weight(n, decay, warmup):
+    share = 1.0
+    for k in range(n):
+        share *= min(decay, (1 + k) / (10 + k)) if warmup else decay
+    return share
+
+
 RIGHT = [
     (checks.check_ledger_lookup, ledger_lookup),
     (checks.check_quick_mode_rule, quick_rule),
@@ -171,6 +227,13 @@ RIGHT = [
     (checks.check_gather_shards, gather_shards),
     (checks.check_global_batch, global_batch),
     (checks.check_gpu_hours, gpu_hours),
+
+
+    (checks.check_profit_frozen, profit_frozen),
+    (checks.check_paired_interval, paired_interval),
+    (checks.check_phase_list, phase_list),
+    (checks.check_kd_grad, kd_grad),
+    (checks.check_ema_start_weight, ema_start_weight),
 ]
 
 
@@ -242,6 +305,25 @@ WRONG = [
     (checks.check_global_batch, lambda b, w, lr, base: (b // w, lr * b / base), "should raise ValueError"),
     (checks.check_gpu_hours, lambda *a: gpu_hours(*a, student_passes=1), "three times"),
     (checks.check_gpu_hours, lambda *a: 1.0, "expected"),
+
+
+    (checks.check_profit_frozen, lambda r, f, e, s: profit_frozen(r, f, e, s, skip=False), "skip the values above"),
+    (checks.check_profit_frozen, lambda r, f, e, s: profit_frozen(r, f, e, s, use_mean=True), "EMA"),
+    (checks.check_profit_frozen, lambda r, f, e, s: profit_frozen(r, f, e, s)[:1], "floor(L * f)"),
+    (checks.check_profit_frozen, lambda r, f, e, s: 3, "list of layer names"),
+    (checks.check_paired_interval, lambda a, b: paired_interval(a, b, quantile=1.96), "not the normal 1.96"),
+    (checks.check_paired_interval, lambda a, b: paired_interval(a, b, paired=False), "pair the seeds"),
+    (checks.check_paired_interval, lambda a, b: paired_interval(a, b, ddof=0), "n - 1"),
+    (checks.check_paired_interval, lambda a, b: (paired_interval(a, b)[0], paired_interval(a, b)[1] or 0.0),
+     "no interval"),
+    (checks.check_paired_interval, lambda a, b: (0.0, 1.0), "mean difference"),
+    (checks.check_phase_list, lambda s: phase_list(s, bn2=False), "first difference"),
+    (checks.check_phase_list, lambda s: "fp", "(name, epochs) pairs"),
+    (checks.check_kd_grad, lambda s, t: kd_grad(s, t) * s.shape[0], "divide the gradient by N"),
+    (checks.check_kd_grad, lambda s, t: -kd_grad(s, t), "sign is flipped"),
+    (checks.check_kd_grad, lambda s, t: torch.softmax(s, dim=1) - t, "differ"),
+    (checks.check_ema_start_weight, lambda n, d, w: d**n, "min(decay, (1 + k) / (10 + k))"),
+    (checks.check_ema_start_weight, lambda n, d, w: 1 - ema_start_weight(n, d, w), "share of the updates"),
 ]
 
 
@@ -273,6 +355,13 @@ def test_report_prints_instead_of_raising(capsys: pytest.CaptureFixture[str]) ->
 
     checks.report(checks.check_signed_levels, todo)
     assert "NotImplementedError" in capsys.readouterr().out
+
+
+def test_report_wraps_hints_to_the_book_column(capsys: pytest.CaptureFixture[str]) -> None:
+    checks.report(checks.check_levels_per_channel, lambda w, bits: torch.full((w.shape[0],), 2**bits - 1))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) > 1 and max(len(line) for line in lines) <= checks.REPORT_WIDTH
+    assert all(line.startswith("    ") for line in lines[1:])
 
 
 def test_every_public_check_is_tested() -> None:

@@ -65,8 +65,9 @@ def test_every_constrained_requirement_is_pinned():
 PUBLIC_MODULES = ["profit_edu", *[f"profit_edu.{m}" for m in profit_edu.__all__
                                   if not m.startswith("_") and m[0].islower()
                                   and isinstance(getattr(profit_edu, m), type(profit_edu))],
-                  "profit_edu.cli", "profit_edu.book", *[f"profit_edu.book.{m}" for m in
-                                                          ("aiwq_plots", "checks", "plots", "runtime", "widgets")]]
+                  "profit_edu.cli", "profit_edu.book",
+                  *[f"profit_edu.book.{m}" for m in ("aiwq_plots", "assignment_checks", "checks", "grading", "plots",
+                                                     "runtime", "widgets")]]
 
 
 @pytest.mark.parametrize("module", PUBLIC_MODULES)

@@ -61,6 +61,9 @@ def test_flipbook_is_html_with_one_frame_per_value() -> None:
     assert "anim-slider" in html
     assert "frames[2]" in html and "frames[3]" not in html  # one frame per value
     assert set(seen) >= {1, 2, 3}
+    # read offline: no stylesheet from a CDN (matplotlib's controls use FontAwesome), plain-character icons
+    assert "http" not in html and "fa fa-" not in html and "font-awesome" not in html
+    assert html.count("<button") == 9 and html.count('<span aria-hidden="true">') == 9
     with pytest.raises(ValueError, match="at least one frame"):
         plots.flipbook(draw, [])
 
@@ -79,14 +82,19 @@ def test_grid_histogram_marks_unused_levels() -> None:
     fig = plots.plot_grid_histogram(values, {"a": torch.tensor([-1.0, 0.0, 0.5]), "b": torch.tensor([0.0])},
                                     mse={"a": 0.1, "b": 0.2})
     assert len(fig.axes) == 2
+    (x0, y0), (x1, y1) = (ax.get_position().get_points()[0] for ax in fig.axes)
+    assert x0 == x1 and y0 > y1  # stacked in one column, each panel as wide as the figure
     styles = [line.get_linestyle() for line in fig.axes[0].lines]
     assert styles.count(":") == 1  # the level at -1 lies below every value
-    assert "MSE" in fig.axes[1].get_title()
+    assert "MSE" in fig.axes[1].get_title(loc="left")
 
 
 def test_error_heatmap_and_border_fraction() -> None:
     ax = plots.plot_error_heatmap(torch.rand(7, 7), title="e")
     assert ax.get_title() == "e"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("output column", "output row")
+    colorbar = ax.figure.axes[-1]
+    assert colorbar is not ax and colorbar.get_ylabel() == "mean |error|\nover channels"
     with pytest.raises(ValueError, match="2-D map"):
         plots.plot_error_heatmap(torch.rand(2, 7, 7))
     ax2 = plots.plot_border_fraction([7, 14], {3: [0.49, 0.27], 5: [0.82, 0.49]})

@@ -72,3 +72,33 @@ def test_download_url_is_the_books_repository() -> None:
     url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
     owner_repo = url.removeprefix("https://github.com/").rstrip("/")
     assert results.RESULTS_URL == f"https://raw.githubusercontent.com/{owner_repo}/main/benchmarks/results"
+
+
+def test_history_keeps_every_line_of_an_id_oldest_first() -> None:
+    res = Results(LINES)
+    assert [r["command"] for r in res.ledger_history("packed/size/w4")] == ["old", "new"]
+    assert len(res.all_lines) == 3
+    with pytest.raises(KeyError, match="closest"):
+        res.ledger_history("packed/size/w3")
+
+
+def test_read_json_reads_beside_the_ledger_and_downloads_into_the_cache(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    here = Results.load()
+    name = sorted(p.name for p in (ROOT / "benchmarks" / "results" / "rankings").glob("*.json"))[0]
+    assert here.read_json(f"rankings/{name}")["ranking"]
+    for bad in ("/etc/passwd", "../ledger.jsonl", "rankings/../../x.json"):
+        with pytest.raises(ValueError, match="inside the results folder"):
+            here.read_json(bad)
+    with pytest.raises(FileNotFoundError, match=r"no rankings/none\.json"):
+        here.read_json("rankings/none.json")
+    with pytest.raises(FileNotFoundError, match="given as records"):
+        Results(LINES).read_json("rankings/x.json")
+    monkeypatch.setenv(ledger.LEDGER_ENV, str(tmp_path / "nowhere" / "ledger.jsonl"))
+    remote = tmp_path / "remote"
+    (remote / "rankings").mkdir(parents=True)
+    (remote / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LINES))
+    (remote / "rankings" / "r.json").write_text(json.dumps({"ranking": [1]}))
+    res = Results.load(download=True, base_url=remote.as_uri(), cache_dir=tmp_path / "cache")
+    assert res.read_json("rankings/r.json") == {"ranking": [1]}
+    assert (tmp_path / "cache" / "results" / "rankings" / "r.json").is_file()
