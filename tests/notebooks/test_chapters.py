@@ -77,4 +77,5 @@ def test_chapters_exist() -> None:
         "03_learnable_quantizers.ipynb", "04_negative_padding.ipynb",
     ]
     names = [p.name for p in CHAPTERS]
-    assert {"05_aiwq.ipynb", "06_profit.ipynb", "07_recipe.ipynb", "08_packed_inference.ipynb", "09_imagenet.ipynb"} <= set(names)
+    assert {"05_aiwq.ipynb", "06_profit.ipynb", "07_recipe.ipynb", "08_packed_inference.ipynb",
+            "09_imagenet.ipynb"} <= set(names)
