@@ -572,6 +572,30 @@ def _require(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], so
     return value
 
 
+def _read_tensors(json_path: Path, info: dict[str, Any]) -> tuple[Path, dict[str, Tensor]]:
+    """The tensor file that ``checkpoint.json``'s ``tensors`` entry names, checked (name, size, sha256) before it
+    is parsed as safetensors."""
+    file_name = _require(info, "file", str, json_path)
+    if Path(file_name).name != file_name:
+        raise CheckpointError(f"{json_path}: tensor file name {file_name!r} must be a plain file name")
+    tensor_path = json_path.parent / file_name
+    if not tensor_path.is_file():
+        raise CheckpointError(f"{json_path} points to {tensor_path.name}, which does not exist")
+    size = tensor_path.stat().st_size  # compared before reading: a replaced giant file is never read in
+    if size != _require(info, "bytes", int, json_path):
+        raise CheckpointError(f"{tensor_path} has {size} bytes but the checkpoint recorded {info['bytes']}: "
+                              "the file is truncated or was replaced")
+    blob = tensor_path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != _require(info, "sha256", str, json_path):
+        raise CheckpointError(f"{tensor_path}: sha256 does not match the one recorded in {json_path.name}: "
+                              "the file is corrupted or was replaced")
+    try:
+        tensors = safetensors_load(blob)
+    except (SafetensorError, ValueError) as err:  # checksum matched, so this is a writer bug, not disk damage
+        raise CheckpointError(f"{tensor_path} could not be parsed as safetensors: {err}") from err
+    return tensor_path, tensors
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read and validate a checkpoint (a run directory or its ``checkpoint.json``). Nothing is unpickled.
 
@@ -600,25 +624,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     config = _require(doc, "config", dict, json_path)
     meta = _require(doc, "meta", dict, json_path)
     history = _require(doc, "history", list, json_path)
-    file_name = _require(info, "file", str, json_path)
-    if Path(file_name).name != file_name:
-        raise CheckpointError(f"{json_path}: tensor file name {file_name!r} must be a plain file name")
-    tensor_path = json_path.parent / file_name
-    if not tensor_path.is_file():
-        raise CheckpointError(f"{json_path} points to {tensor_path.name}, which does not exist")
-    size = tensor_path.stat().st_size  # compared before reading: a replaced giant file is never read in
-    if size != _require(info, "bytes", int, json_path):
-        raise CheckpointError(f"{tensor_path} has {size} bytes but the checkpoint recorded {info['bytes']}: "
-                              "the file is truncated or was replaced")
-    blob = tensor_path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != _require(info, "sha256", str, json_path):
-        raise CheckpointError(f"{tensor_path}: sha256 does not match the one recorded in {json_path.name}: "
-                              "the file is corrupted or was replaced")
-    try:
-        tensors = safetensors_load(blob)
-    except (SafetensorError, ValueError) as err:  # checksum matched, so this is a writer bug, not disk damage
-        raise CheckpointError(f"{tensor_path} could not be parsed as safetensors: {err}") from err
-
+    tensor_path, tensors = _read_tensors(json_path, info)
     groups: dict[str, dict[str, Tensor]] = {p: {} for p in PREFIXES}
     for key, value in tensors.items():
         prefix, sep, name = key.partition("/")

@@ -37,7 +37,7 @@ MAX_LINES = 650  # "about 600"
 TO_BE_SPLIT: set[str] = set()
 MAX_FUNCTION_LINES = 60  # decorators, signature and docstring included
 #: Functions allowed past it until they are broken into helpers (ARCHITECTURE.md, "to be split").
-LONG_FUNCTIONS = {"checkpoint.py": {"load_checkpoint"}}
+LONG_FUNCTIONS: dict[str, set[str]] = {}
 
 
 def _module_name(path: Path) -> str:
