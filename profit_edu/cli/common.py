@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validate import is_bits, is_int, is_real
 from ..checkpoint import JSON_NAME, has_checkpoint
 from ..grid import MAX_BITS, MIN_BITS, check_bits
 from ..quant import METHODS
@@ -325,16 +326,12 @@ def check_model_args(model_args: object, source: str) -> dict[str, Any]:
         return CLIError(f"{where}.{key} must be {allowed}, got {model_args[key]!r} (the checkpoint was edited or "
                         "damaged)")
 
-    def is_int(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
     if model_args["model"] not in list_models():
         raise bad("model", f"one of {', '.join(list_models())}")
     if not (is_int(model_args["num_classes"]) and 1 <= model_args["num_classes"] <= MAX_CLASSES):
         raise bad("num_classes", f"an integer in 1..{MAX_CLASSES}")
     width = model_args["width_mult"]
-    if not (isinstance(width, (int, float)) and not isinstance(width, bool) and math.isfinite(width)
-            and 0 < width <= MAX_WIDTH):
+    if not (is_real(width) and 0 < width <= MAX_WIDTH):
         raise bad("width_mult", f"a number in (0, {MAX_WIDTH:g}]")
     for key in ("cifar_stem", "negative_padding"):
         if key in model_args and not isinstance(model_args[key], bool):
@@ -342,7 +339,7 @@ def check_model_args(model_args: object, source: str) -> dict[str, Any]:
     if model_args["stem_stride"] not in (None, 1, 2) or isinstance(model_args["stem_stride"], bool):
         raise bad("stem_stride", "1, 2 or null (the builder's default)")
     for key in ("weight_bits", "act_bits"):
-        if model_args[key] is not None and not (is_int(model_args[key]) and MIN_BITS <= model_args[key] <= MAX_BITS):
+        if model_args[key] is not None and not is_bits(model_args[key]):
             raise bad(key, f"an integer bit width in {MIN_BITS}..{MAX_BITS}, or null (float)")
     if "method" in model_args and model_args["method"] not in METHODS:
         raise bad("method", f"one of {', '.join(METHODS)}")
