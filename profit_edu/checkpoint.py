@@ -26,12 +26,9 @@ Tensor keys in the safetensors file carry a prefix that says what they belong to
     anything else a caller wants restored: the trainer stores a train-mode teacher's BN statistics here as
     ``teacher.<name>`` (:func:`teacher_buffers`; :meth:`Checkpoint.restore_teacher` puts them back, strictly).
 
-*Atomic writes.* Every file is written to a temporary name in the same folder, flushed to disk (fsync) and
-then renamed over the target with ``os.replace``, which is atomic: a reader sees the old file or the new one,
-never half of one. The tensor file gets a new name each epoch and the JSON that points to it is replaced last,
-so a process killed at any instant leaves the previous complete checkpoint loadable. The temporary name says
-which process writes it (``.checkpoint.json~HOST~PID~xxxx.tmp``), so the next save or load of the directory
-removes what a killed writer left behind, and never the file of a writer still at work.
+*Atomic writes.* Every file goes through :func:`profit_edu.atomic.atomic_write_bytes`. The tensor file gets a
+new name each epoch and the JSON that points to it is replaced last, so a process killed at any instant leaves the
+previous complete checkpoint loadable; what a killed writer left behind is removed by the next save or load.
 
 *Strict loading.* The JSON's format version, the tensor file's size and sha256, the key set and every shape are
 checked; any mismatch raises :class:`CheckpointError` naming the file and the offending key.
@@ -40,17 +37,12 @@ checked; any mismatch raises :class:`CheckpointError` naming the file and the of
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
 import math
 import os
-import re
 import shutil
-import socket
-import tempfile
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,12 +54,12 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
+from .atomic import atomic_write_bytes, remove_stale_temporaries
 from .layers import quantizers
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "JSON_NAME", "PREVIOUS_JSON_NAME", "Checkpoint",
-           "CheckpointError", "atomic_write_bytes", "check_bits_match", "has_checkpoint", "load_checkpoint",
-           "load_state_strict", "quantizer_bits", "release_checkpoint", "remove_stale_temporaries", "save_checkpoint",
-           "teacher_buffers"]
+           "CheckpointError", "check_bits_match", "has_checkpoint", "load_checkpoint", "load_state_strict",
+           "quantizer_bits", "release_checkpoint", "save_checkpoint", "teacher_buffers"]
 
 log = logging.getLogger(__name__)
 
@@ -78,125 +70,10 @@ PREVIOUS_JSON_NAME = "checkpoint.previous.json"  # the epoch before, kept by sav
 PREFIXES = ("model", "ema", "momentum", "rng", "extra")
 TEACHER_PREFIX = "teacher."  # extra/teacher.<buffer>: a train-mode teacher's BN statistics
 MAX_JSON_BYTES = 64 * 2**20  # a checkpoint.json is kilobytes (history grows ~300 bytes an epoch); refuse giants
-STALE_AFTER_S = 3600.0  # a temporary file of another machine's writer is left alone for this long
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, damaged, from another format version, or does not fit the model."""
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic file writing
-# --------------------------------------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    """Flush a directory entry (the rename) to disk; a no-op where the OS cannot open directories."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _host() -> str:
-    return re.sub(r"[~/\\]", "_", socket.gethostname()) or "host"
-
-
-# .NAME~HOST~PID~RANDOM.tmp: what atomic_write_bytes writes; .NAME.RANDOM.tmp: what versions before it wrote
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)~(?P<host>[^~]*)~(?P<pid>\d+)~[^~]*\.tmp$")
-_OLD_TEMPORARY = re.compile(r"^\.(checkpoint\.json|epoch-\d+-[0-9a-f]+\.safetensors|SHA256SUMS)\.[a-z0-9_]{8}\.tmp$")
-
-
-def _writer_gone(host: str, pid: int, mtime: float) -> bool:
-    """Whether the process that writes a temporary file is gone (so the file is a leftover to remove)."""
-    if host == _host() and os.name == "posix":
-        if pid == os.getpid():
-            return False
-        try:
-            os.kill(pid, 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
-            return True
-        except OSError:  # it exists, as another user's process
-            return False
-        return False
-    return time.time() - mtime > STALE_AFTER_S  # another machine (shared disk): only once it is surely dead
-
-
-def remove_stale_temporaries(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
-    """Delete the temporary files that killed writers left in ``directory`` (only those of ``name``, if given).
-
-    A file is removed when the process named in it no longer runs on this machine, when it was written on
-    another machine more than an hour ago, or when it has the name that earlier versions gave checkpoint files.
-    Files that cannot be removed (a read-only folder) are left. Returns the paths removed.
-    """
-    removed = []
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return removed
-    for entry in entries:
-        if not entry.name.endswith(".tmp") or not entry.is_file(follow_symlinks=False):
-            continue
-        match = _TEMPORARY.match(entry.name)
-        try:
-            if match is not None:
-                if name is not None and match["name"] != name:
-                    continue
-                if not _writer_gone(match["host"], int(match["pid"]), entry.stat().st_mtime):
-                    continue
-            elif name is not None or not _OLD_TEMPORARY.match(entry.name):
-                continue
-            os.unlink(entry.path)
-        except OSError:
-            continue
-        removed.append(Path(entry.path))
-    if removed:
-        log.info("removed %d temporary file(s) left by an interrupted write in %s", len(removed), directory)
-    return removed
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one.
-
-    The bytes go to a temporary file in the same folder (same file system, so the rename is atomic), are
-    fsync'ed, and the temporary file is renamed over ``path``. On any error the temporary file is removed
-    and ``path`` is left as it was; temporary files of ``path`` that a killed writer left are removed first.
-
-    Raises:
-        IsADirectoryError: ``path`` is a directory (nothing is written).
-        OSError: the folder cannot be created or written (read-only, disk full, ...).
-
-    >>> import tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.txt"
-    >>> atomic_write_bytes(p, b"hello"); p.read_bytes()
-    b'hello'
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file name to write", str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent, path.name)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}~{_host()}~{os.getpid()}~", suffix=".tmp", dir=path.parent)
-    except OSError as err:  # read-only folder, full disk, no permission: name the file meant
-        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and err.filename in (None, tmp):  # name the file meant, not the temporary one
-            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
-        raise
-    _fsync_dir(path.parent)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""Running a recipe: build the pieces, then train phase after phase, resumably (chapter 7).
+"""Running a recipe: train phase after phase, resumably (chapter 7).
 
-:func:`build_model` (or :func:`load_init`, from a trained float run), :func:`build_teacher` and
-:func:`build_loaders` make what a :class:`~profit_edu.recipe.Recipe` needs. :func:`run_recipe` quantizes the
+:mod:`profit_edu.builders` makes what a :class:`~profit_edu.recipe.Recipe` names (model, init, teacher,
+loaders). :func:`run_recipe` quantizes the
 float model with every quantizer off (:func:`prepare_model`) and trains the phases of
 :func:`~profit_edu.schedule.expand_phases` in order, each with :func:`~profit_edu.train.fit` (its config:
 :func:`phase_config`), switching bits on (:func:`set_phase_bits`) and freezing layers
@@ -35,20 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import Tensor, nn
 
-from . import data as pdata
 from .aiwq import AIWQTracker, layer_kinds, tracked_layers
-from .checkpoint import JSON_NAME, Checkpoint, CheckpointError, atomic_write_bytes, load_checkpoint
+from .atomic import atomic_write_bytes
+from .checkpoint import JSON_NAME, Checkpoint, load_checkpoint
 from .distributed import gather_first_use
 from .ema import ModelEMA
 from .freezing import frozen_for_phase, make_tracker, random_freeze_order
 from .layers import QAct, QConv2d, QLinear, calibrate, quantize_model, set_bits
-from .models import load_torchvision_weights
-from .models._common import stem_stride_for
 from .optim import TrainConfig
-from .pretrained import PRETRAINED, pretrained_dir
 from .recipe import Recipe, RecipeError
 from .schedule import Phase, check_recipe_for_model, expand_phases, format_plan
 from .train import fit
@@ -56,127 +52,14 @@ from .train import fit
 if TYPE_CHECKING:  # annotations only
     from .distributed import World
 
-__all__ = ["PhaseResult", "RecipeResult", "build_loaders", "build_model", "build_teacher", "load_init", "phase_config",
-           "prepare_model", "run_recipe", "set_phase_bits"]
+__all__ = ["PhaseResult", "RecipeResult", "phase_config", "prepare_model", "run_recipe", "set_phase_bits"]
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
-# Building the pieces
+# The model's bits, phase by phase
 # --------------------------------------------------------------------------------------------
-def build_model(recipe: Recipe, *, pretrained: bool = True) -> nn.Module:
-    """The recipe's float model (with torchvision weights when ``model.pretrained`` says so and ``pretrained``)."""
-    m = recipe.model
-    model = m.build()
-    if pretrained and m.pretrained == "torchvision":
-        import torchvision
-
-        weights = torchvision.models.get_model_weights(m.arch).DEFAULT
-        if m.num_classes != len(weights.meta["categories"]) or m.width_mult != 1.0:
-            raise RecipeError(f"{recipe.where('model', 'pretrained')}: torchvision's {m.arch} weights have "
-                              f"{len(weights.meta['categories'])} classes and width 1.0")
-        load_torchvision_weights(model, weights.get_state_dict(progress=False))
-    return model
-
-
-def load_init(recipe: Recipe, source: str | os.PathLike | None = None) -> nn.Module:
-    """The recipe's float model with the weights of a trained float run: where quantization starts.
-
-    ``source`` (default: the recipe's ``init``) is the name of a shipped pretrained checkpoint (see
-    :data:`profit_edu.pretrained.PRETRAINED`; sha256-checked) or a ``profit-edu train`` run directory.
-
-    Raises:
-        RecipeError: no source, a source that is not a float run of the recipe's model (every differing field is
-            named), or a checkpoint that does not load.
-    """
-    source = recipe.init if source is None else source
-    if source is None:
-        raise RecipeError(f"recipe {recipe.name!r} has no init: pass a run directory or one of {sorted(PRETRAINED)}")
-    path = pretrained_dir(str(source)) if str(source) in PRETRAINED else Path(source)
-    try:
-        state = load_checkpoint(path)
-    except (CheckpointError, FileNotFoundError) as err:
-        raise RecipeError(f"init {source}: {err}") from err
-    saved = state.meta.get("model_args") or {}
-    m = recipe.model
-    want = {"model": m.arch, "num_classes": m.num_classes, "width_mult": m.width_mult, "cifar_stem": m.cifar_stem,
-            "stem_stride": stem_stride_for(m.cifar_stem, m.stem_stride), "weight_bits": None, "act_bits": None}
-    have = {k: saved.get(k) for k in want}
-    if isinstance(have["cifar_stem"], bool) and have["stem_stride"] in (None, 1, 2):
-        have["stem_stride"] = stem_stride_for(have["cifar_stem"], have["stem_stride"])
-    differ = [f"{k}: {have[k]!r} there, {want[k]!r} in the recipe" for k in want if have[k] != want[k]]
-    if differ:
-        raise RecipeError(f"init {source} is not a float run of the recipe's model ({'; '.join(differ)})")
-    model = build_model(recipe, pretrained=False)
-    try:
-        state.restore(model)
-    except CheckpointError as err:
-        raise RecipeError(f"init {source} does not load into the recipe's model: {err}") from err
-    return model
-
-
-def build_teacher(recipe: Recipe) -> nn.Module | None:
-    """A frozen torchvision ImageNet classifier for ``teacher: <name>`` (downloads its weights); None for
-    ``none`` and ``self`` (:func:`run_recipe` copies the float student after the FP phase for ``self``)."""
-    if recipe.teacher in ("none", "self"):
-        return None
-    import torchvision
-
-    try:
-        weights = torchvision.models.get_model_weights(recipe.teacher).DEFAULT
-    except ValueError as err:
-        raise RecipeError(f"{recipe.where('teacher')}: teacher {recipe.teacher!r} is not a torchvision "
-                          "classifier; use none, self, or e.g. resnet101") from err
-    if len(weights.meta["categories"]) != recipe.model.num_classes:
-        raise RecipeError(f"{recipe.where('teacher')}: teacher {recipe.teacher} predicts "
-                          f"{len(weights.meta['categories'])} classes, the student {recipe.model.num_classes}")
-    teacher = torchvision.models.get_model(recipe.teacher, weights=weights).eval()
-    return teacher.requires_grad_(False)
-
-
-def build_loaders(recipe: Recipe, *, device: str | torch.device = "cpu", download: bool = False
-                  ) -> tuple[Any, Any, str]:
-    """(train loader, validation loader, a one-line description of the data) for the recipe's ``data``.
-
-    CIFAR-10 and synthetic data use :class:`~profit_edu.data.DeviceLoader`; ImageNet folders a torch
-    ``DataLoader`` with ``workers`` processes. With ``dataset: auto`` the description says when the synthetic
-    task replaced a missing CIFAR-10 copy.
-    """
-    d, seed = recipe.data, recipe.seed
-    if d.dataset == "imagenet":
-        from torch.utils.data import DataLoader
-
-        train = pdata.imagenet_folder(d.root, "train", image_size=d.image_size)
-        val = pdata.imagenet_folder(d.root, "val", image_size=d.image_size)
-        common = {"num_workers": d.workers, "pin_memory": torch.device(device).type == "cuda",
-                  "persistent_workers": d.workers > 0}
-        return (DataLoader(train, d.batch_size, shuffle=True, drop_last=True, **common),
-                DataLoader(val, d.batch_size, shuffle=False, **common), f"ImageNet folders in {d.root}")
-    if d.dataset == "synthetic":
-        n_train, n_val = d.train_images or 2048, d.val_images or 512
-        train = pdata.synthetic(n_train, num_classes=recipe.model.num_classes, image_size=d.image_size,
-                                seed=2 * seed)
-        val = pdata.synthetic(n_val, num_classes=recipe.model.num_classes, image_size=d.image_size,
-                              seed=2 * seed + 1)
-        what = "synthetic images"
-    elif d.dataset == "auto":
-        train, fell_back = pdata.cifar10_or_synthetic(True, n=d.train_images, seed=seed)
-        val, _ = pdata.cifar10_or_synthetic(False, n=d.val_images, seed=seed)
-        what = "SYNTHETIC images (CIFAR-10 not found)" if fell_back else "CIFAR-10"
-    else:
-        train = pdata.cifar10(train=True, download=download)
-        val = pdata.cifar10(train=False, download=download)
-        train = pdata.subset(train, d.train_images, seed=seed) if d.train_images else train
-        val = pdata.subset(val, d.val_images, seed=seed) if d.val_images else val
-        what = "CIFAR-10"
-    crop = max(1, d.image_size // 8)
-    train_loader = pdata.DeviceLoader(train, d.batch_size, train=True, device=device, seed=seed,
-                                      crop_padding=crop, drop_last=len(train) >= d.batch_size)
-    val_loader = pdata.DeviceLoader(val, 256, train=False, device=device)
-    return train_loader, val_loader, f"{what}: {len(train)} train / {len(val)} test images"
-
-
 def prepare_model(recipe: Recipe, model: nn.Module) -> nn.Module:
     """Quantize a float model with the recipe's quantizer (``method``), every quantizer off (bits None), and the
     recipe's init style; returns it.
@@ -260,12 +143,14 @@ def run_recipe(recipe: Recipe, model: nn.Module, train_loader: Any, val_loader: 
 
     Args:
         recipe: the recipe.
-        model: the *float* model to train (e.g. :func:`build_model`); it is quantized here with every quantizer
-            off, then the phases switch bits on. Trained in place.
-        train_loader, val_loader: the data (see :func:`build_loaders`); ``val_loader`` may be None.
+        model: the *float* model to train (e.g. :func:`~profit_edu.builders.build_model`); it is quantized here
+            with every quantizer off, then the phases switch bits on. Trained in place.
+        train_loader, val_loader: the data (see :func:`~profit_edu.builders.build_loaders`); ``val_loader`` may
+            be None.
         out_dir: the run directory.
-        teacher: the distillation teacher for ``teacher: <torchvision name>`` (see :func:`build_teacher`);
-            must be None for ``none`` and ``self`` (the float student after the FP phase).
+        teacher: the distillation teacher for ``teacher: <torchvision name>`` (see
+            :func:`~profit_edu.builders.build_teacher`); must be None for ``none`` and ``self`` (the float student
+            after the FP phase).
         device: where to train.
         progress: progress bars.
         resume: skip finished phases and resume the current one from ``out_dir``; False starts over.

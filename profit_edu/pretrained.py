@@ -31,7 +31,8 @@ from typing import Any
 from torch import nn
 
 from . import _paths
-from .checkpoint import JSON_NAME, Checkpoint, CheckpointError, atomic_write_bytes, load_checkpoint
+from .atomic import atomic_write_bytes
+from .checkpoint import JSON_NAME, Checkpoint, CheckpointError, load_checkpoint
 from .data import default_cache_dir
 from .models import get_model
 

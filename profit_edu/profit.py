@@ -2,29 +2,20 @@
 
 PROFIT (Park & Yoo, ECCV 2020) trains a 4-bit MobileNet in phases, lowering bits step by step with
 BN-stabilisation around every change; at the PROFIT bit width it measures each layer's AIWQ, then fine-tunes
-while freezing more and more of the most unstable layers' weights (notes E). The library writes it as four
+while freezing more and more of the most unstable layers' weights (notes E). The library writes it as five
 modules, in the book's order; this one gathers their public names, so ``profit_edu.profit.X`` keeps working:
 
 * :mod:`profit_edu.freezing` - AIWQ ranking -> frozen sets, and the random control (chapter 6);
 * :mod:`profit_edu.recipe` - the recipe as frozen dataclasses, loaded from YAML with line numbers (chapter 7);
 * :mod:`profit_edu.schedule` - a recipe's phases, and the plan ``profit-edu plan`` prints;
-* :mod:`profit_edu.pipeline` - the model, teacher and data a recipe names, and :func:`run_recipe`, which
-  trains every phase with :func:`profit_edu.train.fit`, resumably.
+* :mod:`profit_edu.builders` - the model, init, teacher and data a recipe names;
+* :mod:`profit_edu.pipeline` - :func:`run_recipe`, which trains every phase with :func:`profit_edu.train.fit`,
+  resumably.
 """
 
+from .builders import build_loaders, build_model, build_teacher, load_init
 from .freezing import freeze_count, frozen_for_phase, make_tracker, random_freeze_order
-from .pipeline import (
-    PhaseResult,
-    RecipeResult,
-    build_loaders,
-    build_model,
-    build_teacher,
-    load_init,
-    phase_config,
-    prepare_model,
-    run_recipe,
-    set_phase_bits,
-)
+from .pipeline import PhaseResult, RecipeResult, phase_config, prepare_model, run_recipe, set_phase_bits
 from .recipe import ARCHS as ARCHS  # re-exported, as the names in __all__
 from .recipe import DATASETS as DATASETS
 from .recipe import (

@@ -47,18 +47,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import (
-    JSON_NAME,
-    PREVIOUS_JSON_NAME,
-    CheckpointError,
-    atomic_write_bytes,
-    load_checkpoint,
-    load_state_strict,
-)
+from .atomic import atomic_write_bytes
+from .builders import build_model, load_init
+from .checkpoint import JSON_NAME, PREVIOUS_JSON_NAME, CheckpointError, load_checkpoint, load_state_strict
 from .data.imagenet import SeededImages, check_imagenet_root, imagenet_folder, imagenet_transforms
 from .distributed import ShardSampler, World, convert_batchnorm, train_sampler
 from .models import count_macs
-from .pipeline import RecipeResult, build_model, load_init, run_recipe
+from .pipeline import RecipeResult, run_recipe
 from .pretrained import fetch_weights
 from .recipe import ModelSpec, Recipe, RecipeError, ReproduceSpec, load_recipe
 from .schedule import Phase, expand_phases, format_plan

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import ledger
-from ..checkpoint import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from ..data import default_cache_dir
 
 __all__ = ["RESULTS_URL", "Results", "newest_by_id"]

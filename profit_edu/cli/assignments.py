@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from .._paths import source_checkout
-from ..checkpoint import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from .common import CLIError, say
 
 __all__ = [

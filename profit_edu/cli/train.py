@@ -395,7 +395,7 @@ def _train_recipe(args: argparse.Namespace) -> int:
     """Run ``profit-edu train --recipe RECIPE``: every phase of a PROFIT schedule, resumable phase by phase."""
     import dataclasses
 
-    from .. import pipeline
+    from .. import builders, pipeline
     from ..recipe import RecipeError
     from ..schedule import format_plan
 
@@ -423,11 +423,11 @@ def _train_recipe(args: argparse.Namespace) -> int:
     torch.manual_seed(recipe.seed)  # the model's random initialisation
     try:
         init = args.init if args.init is not None else recipe.init
-        model = pipeline.load_init(recipe, resolve_init(init)) if init is not None else pipeline.build_model(recipe)
+        model = builders.load_init(recipe, resolve_init(init)) if init is not None else builders.build_model(recipe)
         if init is not None:
             say(f"starting from the float model in {init}")
-        teacher = pipeline.build_teacher(recipe)
-        train_loader, val_loader, what = pipeline.build_loaders(recipe, device=device, download=args.download)
+        teacher = builders.build_teacher(recipe)
+        train_loader, val_loader, what = builders.build_loaders(recipe, device=device, download=args.download)
         say(format_plan(recipe))
         say(f"\ndata: {what}; device {device}; run directory {args.out}")
 

@@ -300,7 +300,7 @@ def _write_cache(path: Path, data: ImageArrays, fingerprint: str) -> None:
     """Write ``data`` to ``path`` atomically (the checkpoints' writer); a failure only costs speed, so it is logged."""
     from safetensors.torch import save
 
-    from ..checkpoint import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
 
     meta = {"format": _CACHE_FORMAT, "fingerprint": fingerprint, "source": data.source,
             "classes": json.dumps(list(data.classes))}  # fmt: skip

@@ -46,7 +46,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 from torch import Tensor
 
-from ..checkpoint import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from .bitpack import PACK_BITS, pack, packed_size, unpack
 from .program import (
     Add,

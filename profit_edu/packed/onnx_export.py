@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checkpoint import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from .engine import IntegerEngine, conv_table
 from .fixedpoint import FLOAT32_EXACT, multiplier_value
 from .program import Add, Conv, Pool, Program, Rescale, SEMul, TensorSpec, check_program

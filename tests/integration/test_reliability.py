@@ -33,7 +33,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 
 import profit_edu as pe
-from profit_edu import checkpoint
+from profit_edu import atomic
 from profit_edu.checkpoint import load_checkpoint, save_checkpoint
 from profit_edu.cli import main
 from profit_edu.packed.fileformat import _decompress_program, _digest, _serialize, _split, packed_bytes
@@ -205,7 +205,7 @@ def test_pack_into_a_directory_leaves_no_temporary_file(capsys, work):
 def test_the_next_load_removes_what_a_killed_save_left(capsys, work):
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout)  # a process that has exited
-    host = checkpoint._host()
+    host = atomic._host()
     left = [work / "run" / f".epoch-0001-0123456789ab.safetensors~{host}~{dead}~abcd1234.tmp",
             work / "run" / ".checkpoint.json.k2j4h5g6.tmp"]  # the second: named as earlier versions did
     alive = work / "run" / f".checkpoint.json~{host}~{os.getpid()}~zzzz9999.tmp"  # a writer still at work
@@ -399,7 +399,7 @@ def test_pack_and_release_onto_a_full_or_read_only_disk(capsys, work, monkeypatc
     def fail(*args, **kwargs):
         raise OSError(error, os.strerror(error))
 
-    monkeypatch.setattr(tempfile, "mkstemp", fail)  # where every write starts (checkpoint.atomic_write_bytes)
+    monkeypatch.setattr(tempfile, "mkstemp", fail)  # where every write starts (atomic.atomic_write_bytes)
     argv = ["pack", work / "run", "-o", work / "m2.pqm"] if command == "pack" else \
         ["release", work / "run", "-o", work / "rel"]
     prefix = "profit-edu pack: error: " if command == "pack" else "profit-edu: error: "

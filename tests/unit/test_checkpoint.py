@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from safetensors.torch import save
 from torch import nn
 
+from profit_edu import atomic, quantize_model, set_bits
 from profit_edu import checkpoint as ck
-from profit_edu import quantize_model, set_bits
-from profit_edu.checkpoint import CheckpointError, atomic_write_bytes, has_checkpoint, load_checkpoint, save_checkpoint
+from profit_edu.atomic import atomic_write_bytes
+from profit_edu.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, save_checkpoint
 from profit_edu.train import ModelEMA, TrainConfig, make_optimizer
 
 
@@ -279,7 +280,7 @@ def _exited_pid() -> int:
 
 
 def _leftovers(directory, name: str = "checkpoint.json") -> dict[str, object]:
-    host, dead = ck._host(), _exited_pid()
+    host, dead = atomic._host(), _exited_pid()
     paths = {
         "dead writer": directory / f".{name}~{host}~{dead}~abcd1234.tmp",
         "earlier version": directory / f".{name}.k2j4h5g6.tmp",
@@ -291,7 +292,7 @@ def _leftovers(directory, name: str = "checkpoint.json") -> dict[str, object]:
     for p in paths.values():
         p.write_bytes(b"\0" * 1000)
     old = paths["other machine, old"]
-    os.utime(old, (old.stat().st_atime - 2 * ck.STALE_AFTER_S, old.stat().st_mtime - 2 * ck.STALE_AFTER_S))
+    os.utime(old, (old.stat().st_atime - 2 * atomic.STALE_AFTER_S, old.stat().st_mtime - 2 * atomic.STALE_AFTER_S))
     return paths
 
 
@@ -327,11 +328,11 @@ def test_a_save_killed_with_sigkill_leaves_a_temporary_file_the_next_load_remove
 
     script = (
         "import os, sys, time\n"
-        "from profit_edu import checkpoint\n"
+        "from profit_edu import atomic\n"
         "def stall(fd):\n"
         "    print('writing', flush=True); time.sleep(60)\n"  # the bytes are written; SIGKILL comes now
         "os.fsync = stall\n"
-        "checkpoint.atomic_write_bytes(sys.argv[1], b'x' * 3_000_000)\n"
+        "atomic.atomic_write_bytes(sys.argv[1], b'x' * 3_000_000)\n"
     )
     net = tiny_qnet()
     save_checkpoint(tmp_path, epoch=0, model=net)

@@ -597,10 +597,10 @@ def test_run_recipe_with_another_policy_trains_the_same_until_freezing_starts(po
         assert frozen["w4_ft2"] == tuple(order[:1]) and frozen["w4_ft3"] == tuple(order[:2])
 
 
-def test_profit_gathers_the_names_of_freezing_recipe_schedule_and_pipeline():
-    from profit_edu import freezing, pipeline, profit, recipe, schedule
+def test_profit_gathers_the_names_of_freezing_recipe_schedule_builders_and_pipeline():
+    from profit_edu import builders, freezing, pipeline, profit, recipe, schedule
 
-    homes = (freezing, recipe, schedule, pipeline)
+    homes = (freezing, recipe, schedule, builders, pipeline)
     extra = ["ARCHS", "DATASETS", "MAX_RECIPE_BYTES", "MAX_RECIPE_VALUES", "PHASE_KINDS", "SECTIONS", "RecipeSource"]
     for name in [*profit.__all__, *extra]:
         assert any(getattr(m, name, None) is getattr(profit, name) for m in homes), name
