@@ -41,15 +41,18 @@ class Executed:
     seconds: float
 
 
-_DONE: dict[Path, Executed] = {}
+_DONE: dict[tuple[Path, bool], Executed] = {}
 
 
 def chapters() -> list[Path]:
     return nbtool.chapters(BOOK)
 
 
-def execute_chapter(path: Path, *, out_dir: Path = EXECUTED, timeout: int = CELL_TIMEOUT_S) -> Executed:
-    """Run ``path`` top to bottom in quick mode; write the executed copy into ``out_dir``.
+def execute_chapter(path: Path, *, out_dir: Path = EXECUTED, timeout: int | None = CELL_TIMEOUT_S,
+                    quick: bool = True) -> Executed:
+    """Run ``path`` top to bottom in quick mode (``quick=False``: full mode); write the executed copy into ``out_dir``.
+
+    ``timeout`` is per cell, in seconds (None: no limit, for full mode on a CPU).
 
     Raises:
         nbclient.exceptions.CellExecutionError: a cell failed (the message shows the cell and the traceback).
@@ -59,13 +62,13 @@ def execute_chapter(path: Path, *, out_dir: Path = EXECUTED, timeout: int = CELL
     from nbclient import NotebookClient
 
     path = path.resolve()
-    if path in _DONE:
-        return _DONE[path]
+    if (path, quick) in _DONE:
+        return _DONE[path, quick]
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
                             resources={"metadata": {"path": str(path.parent)}})
     saved = os.environ.get("PROFIT_EDU_QUICK")
-    os.environ["PROFIT_EDU_QUICK"] = "1"  # the kernel inherits the environment
+    os.environ["PROFIT_EDU_QUICK"] = "1" if quick else "0"  # the kernel inherits the environment
     start = time.perf_counter()
     try:
         client.execute()
@@ -82,8 +85,8 @@ def execute_chapter(path: Path, *, out_dir: Path = EXECUTED, timeout: int = CELL
     data = json.loads(timings.read_text()) if timings.exists() else {}
     data[path.name] = round(seconds, 1)
     timings.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    _DONE[path] = Executed(path, out, seconds)
-    return _DONE[path]
+    _DONE[path, quick] = Executed(path, out, seconds)
+    return _DONE[path, quick]
 
 
 def build_from_executed(dest: Path, executed: dict[str, Path]) -> Path:
@@ -122,3 +125,27 @@ def build_from_executed(dest: Path, executed: dict[str, Path]) -> Path:
     if result.returncode != 0 or not (html / "index.html").exists():
         raise RuntimeError(f"book build failed ({' '.join(cmd)}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return html
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python book/_tools/chapter_runner.py [--full] [--out DIR] CHAPTER...``: execute chapters, print timings.
+
+    Full mode (``--full``) runs each experiment at its real size (``PROFIT_EDU_QUICK=0``), without a cell
+    time-out: minutes a chapter on a GPU, an hour or more on one CPU core.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("chapters", nargs="+", type=Path, help="notebooks to execute, e.g. book/05_aiwq.ipynb")
+    parser.add_argument("--full", action="store_true", help="full mode (PROFIT_EDU_QUICK=0), no cell time-out")
+    parser.add_argument("--out", type=Path, default=EXECUTED, help=f"where executed copies go (default {EXECUTED})")
+    args = parser.parse_args(argv)
+    for chapter in args.chapters:
+        done = execute_chapter(chapter, out_dir=args.out, quick=not args.full,
+                               timeout=None if args.full else CELL_TIMEOUT_S)
+        print(f"{chapter.name}: {'full' if args.full else 'quick'} mode, {done.seconds:.0f} s -> {done.path}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
