@@ -32,7 +32,7 @@ LAYERS: list[set[str]] = [
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
-MAX_LINES = 650  # "about 600"
+MAX_LINES = 620  # "about 600"
 #: Files allowed past the limit until they are split (ARCHITECTURE.md, "to be split").
 TO_BE_SPLIT: set[str] = set()
 MAX_FUNCTION_LINES = 60  # decorators, signature and docstring included
