@@ -44,6 +44,8 @@ What this module offers:
   freezes by;
 * :class:`HookSet` - the hook owner the tracker shares with :mod:`profit_edu.diagnostics` (weight flips and BN
   drift, the instability's symptoms that chapter 5 plots).
+* :func:`tracked_layers`, :func:`layer_kinds` - which layers are measured, and their kinds (defined in
+  :mod:`profit_edu.models.kinds`, re-exported here).
 
 Glossary: ``l`` a layer, ``t`` a training step, ``j`` an output channel, ``M(l)`` the EMA of AIWQ that ranks
 the layers, ``Q(W)`` the fake-quantized weight (:meth:`QConv2d.quantized_weight`).
