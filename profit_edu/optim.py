@@ -67,6 +67,10 @@ class TrainConfig:
             element-wise quantizers dominate (``benchmarks/train_step.py --channels-last`` measures it). The
             model is put back in the default layout when :func:`fit` returns, so checkpoints and packing never
             see the difference.
+        lr_per_step: set the learning rate before every step, at the epoch's fraction done
+            (:func:`lr_multiplier` of ``epoch + step / steps``), instead of once per epoch as the official code
+            does. Its phases last many epochs; a phase of *one* epoch scheduled per epoch never decays and ends
+            at its full rate, mid-flight (the CIFAR recipes' phases are one epoch long).
 
     Raises:
         ValueError / TypeError: a field outside its allowed range, naming the field and the value received.
@@ -94,6 +98,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     compile: bool = False
     channels_last: bool = False
+    lr_per_step: bool = False
 
     def __post_init__(self) -> None:
         def fail(name: str, allowed: str) -> None:
@@ -121,6 +126,8 @@ class TrainConfig:
             fail("kd_weight", "a finite number >= 0")
         if not isinstance(self.teacher_train_mode, bool):
             fail("teacher_train_mode", "True or False")
+        if not isinstance(self.lr_per_step, bool):
+            fail("lr_per_step", "True or False")
         if isinstance(self.frozen, str):
             raise TypeError(f"TrainConfig.frozen must be a tuple of module names, got the string {self.frozen!r}; "
                             f"write frozen=({self.frozen!r},)")
@@ -235,10 +242,14 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     ]
 
 
-def lr_multiplier(epoch: int, warmup: int, total: int) -> float:
+def lr_multiplier(epoch: float, warmup: int, total: int) -> float:
     """The factor on every group's base learning rate in ``epoch`` (0-based), as in PROFIT's schedule.
 
     Math: 0.1 + 0.9 e/W for e < W;  1e-3 + (1 - 1e-3)(1 + cos(pi (e - W)/(E - W)))/2 for e >= W.
+
+    ``epoch`` may be fractional (``2 + step / steps_per_epoch``): :func:`~profit_edu.train.fit` with
+    ``TrainConfig(lr_per_step=True)`` sets the rate before every step, so that a phase of one epoch decays too
+    (once per epoch, its one epoch has ``e = 0`` and the factor 1 throughout).
 
     Raises:
         ValueError: not 0 <= warmup <= total, or epoch outside 0..total-1.
@@ -246,12 +257,12 @@ def lr_multiplier(epoch: int, warmup: int, total: int) -> float:
     >>> [round(lr_multiplier(e, 0, 5), 3) for e in range(5)]
     [1.0, 0.905, 0.655, 0.346, 0.096]
     """
-    if not (_is_int(epoch) and _is_int(warmup) and _is_int(total)):
-        raise TypeError(f"epoch, warmup and total must be ints, got {epoch!r}, {warmup!r}, {total!r}")
+    if not (_is_real(epoch) and _is_int(warmup) and _is_int(total)):
+        raise TypeError(f"epoch must be a number, warmup and total ints, got {epoch!r}, {warmup!r}, {total!r}")
     if not 0 <= warmup <= total:
         raise ValueError(f"warmup must be in 0..total (= {total}), got {warmup}")
     if not 0 <= epoch < total:
-        raise ValueError(f"epoch must be in 0..total-1 (= {total - 1}), got {epoch}")
+        raise ValueError(f"epoch must be in [0, total) (total = {total}), got {epoch}")
     if epoch < warmup:
         return WARMUP_START + (1 - WARMUP_START) * epoch / warmup
     progress = (epoch - warmup) / (total - warmup)

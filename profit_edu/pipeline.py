@@ -27,6 +27,7 @@ quantizers that initialise themselves from their first batch.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from .ema import ModelEMA
 from .freezing import frozen_for_phase, make_tracker, random_freeze_order
 from .layers import QAct, QConv2d, QLinear, calibrate, quantize_model, set_bits
 from .optim import TrainConfig
-from .recipe import Recipe, RecipeError
+from .recipe import OptimSpec, Recipe, RecipeError
 from .schedule import Phase, check_recipe_for_model, expand_phases, format_plan
 from .train import fit
 
@@ -105,6 +106,7 @@ def phase_config(recipe: Recipe, phase: Phase, *, frozen: tuple[str, ...] = (), 
         quant_lr_mult=o.quant_lr_mult, ema_decay=o.ema_decay, kd_weight=o.kd_weight,
         teacher_train_mode=recipe.has("teacher_train_mode"), frozen=frozen, seed=seed, device=device,
         progress=progress, grad_clip=o.grad_clip, label_smoothing=o.label_smoothing, channels_last=channels_last,
+        lr_per_step=o.lr_per_step and phase.lr_schedule == "cosine",
     )
 
 
@@ -340,7 +342,9 @@ RESUME_FREE_DATA = ("root", "workers")
 
 
 def _core(d: dict[str, Any]) -> dict[str, Any]:
-    return {**d, "data": {k: v for k, v in d.get("data", {}).items() if k not in RESUME_FREE_DATA}}
+    """What must match to resume: all but the data's folder and workers; train fields newer than the run default."""
+    train = {**dataclasses.asdict(OptimSpec()), **d.get("train", {})}
+    return {**d, "train": train, "data": {k: v for k, v in d.get("data", {}).items() if k not in RESUME_FREE_DATA}}
 
 
 def _save_recipe(recipe: Recipe, out: Path, resume: bool, *, write: bool = True) -> None:

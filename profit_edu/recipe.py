@@ -176,7 +176,9 @@ class OptimSpec:
     """The optimizer and the losses, the same in every phase (fields of :class:`~profit_edu.train.TrainConfig`).
 
     ``fp_lr`` is the float phase's learning rate when it differs (training from scratch on CIFAR needs a larger
-    one than fine-tuning); null means ``lr``, as in the official script.
+    one than fine-tuning); null means ``lr``, as in the official script. ``lr_per_step: true`` sets a cosine
+    phase's learning rate before every step instead of once per epoch (the official way), so that a phase of one
+    epoch decays too (see :class:`~profit_edu.train.TrainConfig`).
     """
 
     lr: float = 0.005
@@ -189,9 +191,11 @@ class OptimSpec:
     kd_weight: float = 1.0
     grad_clip: float | None = None
     label_smoothing: float = 0.0
+    lr_per_step: bool = False
 
     def __post_init__(self) -> None:
         _need(_is_real(self.lr) and self.lr > 0, "lr", "a number > 0", self.lr)
+        _need(isinstance(self.lr_per_step, bool), "lr_per_step", "true or false", self.lr_per_step)
         _need(self.fp_lr is None or (_is_real(self.fp_lr) and self.fp_lr > 0), "fp_lr", "a number > 0 or null",
               self.fp_lr)
         _need(_is_real(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0",

@@ -30,7 +30,7 @@ from torch import nn
 from .aiwq import tracked_layers
 from .freezing import freeze_count, weight_layers
 from .layers import quantize_model
-from .recipe import Recipe, RecipeError
+from .recipe import OptimSpec, Recipe, RecipeError
 
 __all__ = ["PHASE_KINDS", "Phase", "check_recipe_for_model", "expand_phases", "format_plan", "plan_dict"]
 
@@ -134,6 +134,19 @@ def _bits(b: int | None) -> str:
     return "fp" if b is None else str(b)
 
 
+def _lr_text(p: Phase, o: OptimSpec) -> str:
+    """A phase's learning rate as the plan shows it (a per-epoch cosine over one epoch is a constant rate)."""
+    base = o.fp_lr if p.kind == "fp" and o.fp_lr is not None else o.lr
+    if p.lr_schedule == "constant":
+        return f"{base:g} constant"
+    per_step = " per step" if o.lr_per_step else ""
+    if p.warmup_epochs:
+        return f"{base:g}, warm-up {p.warmup_epochs} + cosine{per_step}"
+    if o.lr_per_step or p.epochs > 1:
+        return f"{base:g}, cosine{per_step}"
+    return f"{base:g} constant (cosine per epoch, 1 epoch)"  # one value per epoch: the full rate throughout
+
+
 def format_plan(recipe: Recipe, *, num_layers: int | None = None) -> str:
     """The phase timeline as text (``profit-edu plan``): a dry run, nothing is trained.
 
@@ -179,15 +192,8 @@ def format_plan(recipe: Recipe, *, num_layers: int | None = None) -> str:
             frozen = f"{k} of {L} ({p.freeze_fraction}{'' if s.freeze == 'aiwq' else ', freeze ' + s.freeze})"
         else:
             trains, frozen = ("everything (float)" if p.kind == "fp" else "everything"), "-"
-        base = o.fp_lr if p.kind == "fp" and o.fp_lr is not None else o.lr
-        if p.lr_schedule == "constant":
-            lr = f"{base:g} constant"
-        elif p.warmup_epochs:
-            lr = f"{base:g}, warm-up {p.warmup_epochs} + cosine"
-        else:
-            lr = f"{base:g}, cosine"
         rows.append((str(i), p.name, str(p.epochs), f"{_bits(p.act_bits)}/{_bits(p.weight_bits)}", trains, frozen,
-                     lr))
+                     _lr_text(p, o)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     table = ["  ".join(cell.rjust(w) if c in (0, 2) else cell.ljust(w) for c, (cell, w) in
                        enumerate(zip(r, widths))).rstrip() for r in rows]

@@ -196,8 +196,14 @@ def _train_epoch(
     run_forward = _Forward(model, forward, eager)
     n = correct = steps = 0
     loss_sum = 0.0
-    bar = _bar(loader, config.progress, f"epoch {epoch}", total=_safe_len(loader))
+    steps_per_epoch = _safe_len(loader)
+    if config.lr_per_step and not steps_per_epoch:
+        raise ValueError("TrainConfig(lr_per_step=True) needs a training loader with a length (len(loader) > 0)")
+    bar = _bar(loader, config.progress, f"epoch {epoch}", total=steps_per_epoch)
     for step, (x, y) in enumerate(bar):
+        if config.lr_per_step:  # the schedule at the epoch's fraction done (one-epoch phases decay too)
+            done = min(step, steps_per_epoch - 1) / steps_per_epoch
+            _set_lr(optimizer, lr_multiplier(epoch + done, config.warmup_epochs, config.epochs))
         x, y = x.to(device, non_blocking=True, memory_format=_memory_format(config)), y.to(device, non_blocking=True)
         logits = run_forward(x)
         loss = _loss(logits, y, x, teacher, config)
@@ -469,9 +475,9 @@ def _resume(out: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer
 
 
 def _check_resume_config(saved: Mapping[str, Any], config: TrainConfig, source: Path | None) -> None:
-    now = config.to_dict()
-    differ = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
-              if k not in RESUME_FREE_FIELDS and saved.get(k) != now[k]]
+    now, default = config.to_dict(), TrainConfig().to_dict()  # a field newer than the checkpoint: its default
+    differ = [f"{k}: checkpoint {saved.get(k, default[k])!r}, now {now[k]!r}" for k in now
+              if k not in RESUME_FREE_FIELDS and saved.get(k, default[k]) != now[k]]
     if differ:
         raise ResumeError(f"cannot resume from {source}: the training config differs ({'; '.join(differ)}). "
                          "Use the same config, another out_dir, or resume=False to start over")

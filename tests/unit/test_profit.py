@@ -172,6 +172,21 @@ def test_plan_printer_for_the_paper_recipe():
     assert "4/8" in row["w8_ft"] and "8/fp" in row["a8_ft"]
 
 
+def test_plan_says_how_a_one_epoch_cosine_phase_is_scheduled():
+    """Once per epoch a one-epoch phase keeps its full rate: the plan says so, and ``lr_per_step`` decays it."""
+    from dataclasses import replace
+
+    recipe = load_recipe("cifar_w4a4")
+    assert "0.002 constant (cosine per epoch, 1 epoch)" in format_plan(recipe, num_layers=52)
+    per_step = replace(recipe, train=replace(recipe.train, lr_per_step=True))
+    text = format_plan(per_step, num_layers=52)
+    assert "0.002, cosine per step" in text and "0.002 constant" in text  # the sampling phase stays constant
+    phases = expand_phases(per_step)
+    configs = {p.name: phase_config(per_step, p) for p in phases}
+    assert configs["w4_ft1"].lr_per_step and not configs["w4_sampling"].lr_per_step
+    assert not any(phase_config(recipe, p).lr_per_step for p in phases)
+
+
 def test_plan_counts_the_models_layers():
     assert "L = 52 layers" in format_plan(load_recipe("tiny"))
     d = plan_dict(load_recipe("mobilenet_v2_w4a4_imagenet"), num_layers=52)
@@ -215,6 +230,13 @@ def test_unknown_key_is_rejected_with_its_line():
         parse_recipe(text, "t.yaml")
     text = MINIMAL + "extra: 1\n"
     with pytest.raises(RecipeError, match=rf"^t.yaml:{line_of(text, 'extra')}: unknown key 'extra' in the recipe"):
+        parse_recipe(text, "t.yaml")
+
+
+def test_lr_per_step_is_a_boolean_of_train():
+    assert parse_recipe(edited(lr="  lr: 0.01\n  lr_per_step: true"), "t.yaml").train.lr_per_step
+    text = edited(lr="  lr: 0.01\n  lr_per_step: 1")
+    with pytest.raises(RecipeError, match=r"lr_per_step must be true or false"):
         parse_recipe(text, "t.yaml")
 
 

@@ -87,6 +87,7 @@ def tiny_data(n: int = 32, num_classes: int = 4, seed: int = 0) -> tuple[torch.T
     ("checkpoint_every", 0, "checkpoint_every"),
     ("device", "gpu0", "device must name a torch device"),
     ("frozen", ("",), "frozen"),
+    ("lr_per_step", 1, "lr_per_step must be True or False"),
 ])
 def test_config_rejects_bad_values(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -186,14 +187,72 @@ def test_lr_multiplier_matches_the_notes_tables():
 
 
 @pytest.mark.parametrize(("args", "err", "match"), [
-    ((5, 0, 5), ValueError, r"epoch must be in 0..total-1 \(= 4\)"),
+    ((5, 0, 5), ValueError, r"epoch must be in \[0, total\) \(total = 5\)"),
     ((-1, 0, 5), ValueError, "epoch must be"),
     ((0, 6, 5), ValueError, "warmup must be in 0..total"),
-    ((0.5, 0, 5), TypeError, "must be ints"),
+    ((0, 0.5, 5), TypeError, "warmup and total ints"),
+    (("0", 0, 5), TypeError, "epoch must be a number"),
 ])
 def test_lr_multiplier_rejects_bad_arguments(args, err, match):
     with pytest.raises(err, match=match):
         lr_multiplier(*args)
+
+
+def test_lr_multiplier_at_a_fraction_of_an_epoch_follows_the_same_curve():
+    assert lr_multiplier(0.5, 0, 1) == pytest.approx(1e-3 + (1 - 1e-3) / 2)  # half-way down a one-epoch cosine
+    assert lr_multiplier(1.5, 3, 15) == pytest.approx(0.1 + 0.9 * 1.5 / 3)  # warm-up, linear in between
+    assert lr_multiplier(7.0, 3, 15) == lr_multiplier(7, 3, 15)
+
+
+def _lrs_per_step(config: TrainConfig, epochs: int) -> list[list[float]]:
+    """The weight group's learning rate at every step of ``fit`` (read by a forward pre-hook), epoch by epoch."""
+    torch.manual_seed(0)
+    model, (x, y) = tiny_cnn(), tiny_data(32)
+    seen: list[float] = []
+    optimizers = []
+    real = make_optimizer
+
+    def spy(m, c):
+        optimizers.append(real(m, c))
+        return optimizers[-1]
+
+    model.register_forward_pre_hook(lambda m, i: seen.append(optimizers[-1].param_groups[-1]["lr"])
+                                    if m.training else None)
+    import profit_edu.train as train_module
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_module, "make_optimizer", spy)
+        fit(model, TinyLoader(x, y, 8), None, config)
+    return [seen[e * 4:(e + 1) * 4] for e in range(epochs)]
+
+
+def test_lr_per_step_decays_within_a_one_epoch_phase():
+    per_epoch = _lrs_per_step(TrainConfig(epochs=1, lr=0.1, ema_decay=None), 1)
+    per_step = _lrs_per_step(TrainConfig(epochs=1, lr=0.1, ema_decay=None, lr_per_step=True), 1)
+    assert per_epoch == [[pytest.approx(0.1)] * 4]  # once per epoch: one epoch keeps its full rate
+    assert per_step[0] == pytest.approx([0.1 * lr_multiplier(k / 4, 0, 1) for k in range(4)])
+    assert per_step[0][-1] < 0.02  # ... and per step it comes down
+
+
+def test_lr_per_step_with_warm_up_over_epochs():
+    lrs = _lrs_per_step(TrainConfig(epochs=3, lr=0.1, warmup_epochs=1, ema_decay=None, lr_per_step=True), 3)
+    want = [[0.1 * lr_multiplier(e + k / 4, 1, 3) for k in range(4)] for e in range(3)]
+    assert lrs == [pytest.approx(w) for w in want]
+
+
+def test_lr_per_step_needs_a_loader_with_a_length():
+    model, (x, y) = tiny_cnn(), tiny_data(16)
+    with pytest.raises(ValueError, match=r"lr_per_step=True\) needs a training loader with a length"):
+        fit(model, iter([(x, y)]), None, TrainConfig(lr_per_step=True, ema_decay=None))
+
+
+def test_a_checkpoint_older_than_a_config_field_resumes_with_its_default(tmp_path):
+    from profit_edu.train import _check_resume_config
+
+    saved = {k: v for k, v in TrainConfig().to_dict().items() if k != "lr_per_step"}  # written before the field
+    _check_resume_config(saved, TrainConfig(), tmp_path)  # the default: the same run
+    with pytest.raises(Exception, match="lr_per_step: checkpoint False, now True"):
+        _check_resume_config(saved, TrainConfig(lr_per_step=True), tmp_path)
 
 
 # --------------------------------------------------------------------------------------------
