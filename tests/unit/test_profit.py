@@ -102,6 +102,16 @@ def test_cifar_protocol_recipes_validate_and_plan():
     assert load_recipe("quick").init == "cifar10-mobilenet_v2-w0.5-s2"
 
 
+@pytest.mark.parametrize("name", ["cifar_w4a4", "cifar_w3a3"])
+def test_the_lr_per_step_recipes_differ_from_the_cifar_protocol_in_that_alone(name):
+    from dataclasses import replace
+
+    base, per_step = load_recipe(name), load_recipe(f"{name}_lr_per_step")
+    assert per_step.train.lr_per_step and not base.train.lr_per_step
+    assert replace(per_step, name=base.name, description=base.description, source=base.source,
+                   train=replace(per_step.train, lr_per_step=False)) == base
+
+
 def test_load_init_refuses_another_model_before_training(tmp_path):
     from profit_edu.checkpoint import save_checkpoint
     from profit_edu.models import get_model
