@@ -247,11 +247,11 @@ def test_lr_per_step_needs_a_loader_with_a_length():
 
 
 def test_a_checkpoint_older_than_a_config_field_resumes_with_its_default(tmp_path):
-    from profit_edu.train import _check_resume_config
+    from profit_edu.train import ResumeError, _check_resume_config
 
     saved = {k: v for k, v in TrainConfig().to_dict().items() if k != "lr_per_step"}  # written before the field
     _check_resume_config(saved, TrainConfig(), tmp_path)  # the default: the same run
-    with pytest.raises(Exception, match="lr_per_step: checkpoint False, now True"):
+    with pytest.raises(ResumeError, match="lr_per_step: checkpoint False, now True"):
         _check_resume_config(saved, TrainConfig(lr_per_step=True), tmp_path)
 
 
