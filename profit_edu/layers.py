@@ -440,7 +440,8 @@ def calibrate(
     Args:
         model: a model returned by :func:`quantize_model`.
         data: one batch ``(N, C, H, W)``, or an iterable of batches or of ``(x, y)`` pairs (a loader; every
-            batch it yields is used, so pass a few: 4 batches of 256 CIFAR-10 images take seconds).
+            batch it yields is used, so pass a few: 4 batches of 256 CIFAR-10 images take seconds). Batches on
+            another device than the model (a plain ``DataLoader`` yields CPU tensors) are moved to the model's.
         bn: how BatchNorm normalises during the pass. ``"running"`` (default; for post-training quantization):
             eval mode, with the running statistics, which stay as they are. ``"batch"`` (before quantization-aware
             training): with each batch's own statistics, as training will, and the running statistics still
@@ -457,6 +458,9 @@ def calibrate(
         RuntimeError: a quantizer the batches never reached.
     """
     batches = _as_batches(data)
+    param = next(model.parameters(), None)
+    if param is not None:
+        batches = [b.to(param.device, non_blocking=True) for b in batches]
     acts = {name: m for name, m in model.named_modules() if isinstance(m, QAct)}
     weights = {name: m for name, m in model.named_modules() if isinstance(m, (QConv2d, QLinear))}
     if not acts and not weights:

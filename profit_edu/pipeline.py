@@ -397,7 +397,8 @@ def _train_unit(run: _Run, u: _Unit) -> tuple[list[dict[str, Any]], tuple[str, .
     before = run.units[u.index - 1].phase if u.index > 0 else None
     bits_before = (before.act_bits, before.weight_bits) if before is not None else (None, None)
     if recipe.mode == "fixed" and (p.act_bits, p.weight_bits) != bits_before:
-        _calibrate_for_phase(run.model, run.ema, run.train_loader, recipe, epoch=u.epoch_offset, world=run.world)
+        _calibrate_for_phase(run.model, run.ema, run.train_loader, recipe, epoch=u.epoch_offset, world=run.world,
+                             device=run.device)
     if u.index == run.first_todo and run.restored is not None and recipe.has("teacher_train_mode"):
         _restore_teacher(run, u)
     measures = p.kind == "sampling" and recipe.schedule.freeze == "aiwq"  # the other policies need no ranking
@@ -499,17 +500,19 @@ def _self_teacher(model: nn.Module, state: Any | None) -> nn.Module:
 
 
 def _calibrate_for_phase(model: nn.Module, ema: Any | None, loader: Any, recipe: Recipe, *, epoch: int,
-                         world: World | None = None) -> None:
+                         world: World | None = None, device: str = "cpu") -> None:
     """Fixed mode, when a phase changes the bit widths: choose clips from ``calibration_images`` training images
     (new quantizers are initialised; lowered ones keep their learned a, c unless the new clip has a lower
     quantization error) and restart the weight EMA from the model (an average across bit widths mixes grids).
 
     With ``world`` every process calibrates on the whole global batches (:meth:`World.gather_batch`), and the
-    main process's result is then copied to all, so they start the phase identical."""
+    main process's result is then copied to all, so they start the phase identical. Batches go to ``device``
+    first: a plain ``DataLoader`` yields CPU tensors, and NCCL gathers only CUDA ones."""
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)  # the phase's first batches, whatever ran before (exact resume)
     batches, seen = [], 0
     for x, _ in loader:
+        x = x.to(device, non_blocking=True)
         x = world.gather_batch(x) if world is not None else x
         batches.append(x)
         seen += len(x)

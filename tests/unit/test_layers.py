@@ -218,6 +218,18 @@ def test_calibrate_uses_every_batch():
     assert both[2].quantizer.a.item() > one[2].quantizer.a.item()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_calibrate_moves_cpu_batches_to_a_cuda_model():
+    torch.manual_seed(4)
+    net = randomize_bn(dw_separable_cnn())
+    batches = [torch.randn(8, 3, 16, 16) for _ in range(2)]  # what a plain DataLoader yields: CPU tensors
+    on_cpu = pe.calibrate(pe.quantize_model(copy.deepcopy(net), 4, 4), batches)
+    on_gpu = pe.calibrate(pe.quantize_model(copy.deepcopy(net), 4, 4).cuda(), batches)
+    for (name, a), b in zip(on_cpu.state_dict().items(), on_gpu.state_dict().values()):
+        assert b.is_cuda, name
+        torch.testing.assert_close(a, b.cpu(), rtol=1e-4, atol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("case, match", [
     ("empty", "no images"),
     ("inf batch", r"the input of 2 has \d+ NaN or inf"),

@@ -636,3 +636,14 @@ def test_profit_gathers_the_names_of_freezing_recipe_schedule_builders_and_pipel
     extra = ["ARCHS", "DATASETS", "MAX_RECIPE_BYTES", "MAX_RECIPE_VALUES", "PHASE_KINDS", "SECTIONS", "RecipeSource"]
     for name in [*profit.__all__, *extra]:
         assert any(getattr(m, name, None) is getattr(profit, name) for m in homes), name
+
+
+def test_phase_calibration_moves_loader_batches_to_the_training_device(monkeypatch):
+    # a plain DataLoader yields CPU tensors; on a GPU the model is on CUDA (the meta device stands in for it here)
+    from profit_edu import pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "calibrate", lambda model, batches, **kw: seen.extend(batches))
+    loader = [(torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long)) for _ in range(3)]
+    pipeline._calibrate_for_phase(nn.Identity(), None, loader, parse_recipe(MINIMAL), epoch=0, device="meta")
+    assert seen and all(x.device.type == "meta" for x in seen)
