@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     except (InitError, ValueError, FileNotFoundError, CheckpointError) as err:
         print(f"run.py: error: {err}", file=sys.stderr)
         return 2
+    overrides = parse_set(args.overrides)
+    if overrides and "name" not in overrides:
+        print(f"run.py: warning: --set edits recipe {args.recipe!r} but keeps its name, so these ledger lines share "
+              "ids with the unedited recipe's (the newest line of an id is what the book reads); an ablation "
+              "should say --set name=<recipe>_<what it removes>", file=sys.stderr)
     total = sum(e for _, _, e in runs)
     print(f"{len(runs)} runs, {total} epochs in all, from {args.init} with recipe {args.recipe}:")
     for name, seed, epochs in runs:
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, seed, _ in runs:
         try:
             run_variant(args.recipe, name, seed=seed, init_dir=args.init, out_dir=args.out,
-                        overrides=parse_set(args.overrides), test_images=args.test_images, scale=args.scale,
+                        overrides=overrides, test_images=args.test_images, scale=args.scale,
                         device=args.device, force=args.force)
         except (InitError, ValueError) as err:
             print(f"run.py: error: {name} seed {seed}: {err}", file=sys.stderr)

@@ -200,3 +200,18 @@ def test_the_scripts_docstring_examples(scripts):
     for module in (scripts.variants, scripts.summary):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+def test_an_ablation_named_by_set_gets_ids_of_its_own(scripts, fp_init, tmp_path, monkeypatch, capsys):
+    book = tmp_path / "ledger.jsonl"
+    monkeypatch.setenv("PROFIT_EDU_LEDGER", str(book))
+    base = ["--init", str(fp_init), "--variants", "duq_w4a4", "--seeds", "0", *COMMON]
+    assert scripts.run.main([*base, "--out", str(tmp_path / "dry"), "--dry-run"]) == 0
+    assert "keeps its name" in capsys.readouterr().err  # the shrinking edits alone: a warning, not an error
+    ablation = ["--set", "name=tiny_no_kd", "--set", "train.kd_weight=0", "--scale", "tiny"]
+    assert scripts.run.main([*base, *ablation, "--out", str(tmp_path / "no_kd")]) == 0
+    assert "keeps its name" not in capsys.readouterr().err
+    lines = _lines(book)
+    assert [r["id"] for r in lines] == ["accuracy/tiny/tiny_no_kd/duq_w4a4/seed0/model",
+                                        "accuracy/tiny/tiny_no_kd/duq_w4a4/seed0/ema"]
+    assert all(r["recipe"] == "tiny_no_kd" and "'train.kd_weight=0'" in r["command"] for r in lines)
