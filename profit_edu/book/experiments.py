@@ -185,7 +185,7 @@ def summarise(records: Iterable[Mapping[str, Any]], *, order: Sequence[str] = ()
         ``description``) and ``paired``.
     """
     groups: dict[tuple, dict[str, Any]] = {}
-    for r in records:
+    for line_no, r in enumerate(records):
         key = (r["recipe"], r["init_sha256"], r["dataset"], r["test_images"])
         g = groups.setdefault(key, {"recipe": r["recipe"], "init_sha256": r["init_sha256"],
                                     "init_dir": r.get("init_dir"), "dataset": r["dataset"],
@@ -193,6 +193,8 @@ def summarise(records: Iterable[Mapping[str, Any]], *, order: Sequence[str] = ()
         row = g["rows"].setdefault((r["variant"], r["setup"]), _row(r))
         row["by_seed"][r["copy"]][r["seed"]] = r["value"]
         row["wall_s"][r["seed"]] = r.get("wall_s")
+        row.setdefault("first_line", line_no)  # where its lines are in the ledger: paired_differences pairs
+        row["last_line"] = line_no  # the newest setups, and only when they belong to the same round of runs
     rank = {name: i for i, name in enumerate(order)}
     out = []
     for g in groups.values():
@@ -207,23 +209,42 @@ def summarise(records: Iterable[Mapping[str, Any]], *, order: Sequence[str] = ()
 
 def paired_differences(rows: Sequence[Mapping[str, Any]], pairs: Sequence[tuple[str, str]] = PAIRS
                        ) -> list[dict[str, Any]]:
-    """a - b per shared seed, for each pair present (the last row of each variant), per copy, with :func:`stats`.
+    """a - b per shared seed, for each pair present, per copy, with :func:`stats`.
 
     Two variants run with the same seed see the same training subset and order up to the first frozen phase, so
     their difference seed by seed varies less than either accuracy: the interval is that of the mean difference.
+
+    A variant measured with several setups (the recipe changed between rounds of runs) is paired through its
+    newest setup, and only with a newest setup of the same round: when one of the two was measured again after
+    the other's newest setup began (its older setup ends later than the other's newest begins), the pair would
+    compare two recipes and is left out. Rows without ``first_line`` / ``last_line`` count in list order.
     """
-    latest = {row["variant"]: row for row in rows}
+    by_variant: dict[str, list[Mapping[str, Any]]] = {}
+    for i, row in enumerate(rows):
+        by_variant.setdefault(row["variant"], []).append({**row, "first_line": row.get("first_line", i),
+                                                          "last_line": row.get("last_line", i)})
+    for versions in by_variant.values():
+        versions.sort(key=lambda row: row["last_line"])
     paired = []
     for a, b in pairs:
-        if a not in latest or b not in latest:
+        if a not in by_variant or b not in by_variant or not _same_round(by_variant[a], by_variant[b]):
             continue
+        ra_rows, rb_rows = by_variant[a][-1]["by_seed"], by_variant[b][-1]["by_seed"]
         for c in COPIES:
-            ra, rb = latest[a]["by_seed"][c], latest[b]["by_seed"][c]
+            ra, rb = ra_rows[c], rb_rows[c]
             seeds = sorted(set(ra) & set(rb))
             if seeds:
                 diffs = [round(ra[s] - rb[s], 2) for s in seeds]
                 paired.append({"a": a, "b": b, "copy": c, "seeds": seeds, **stats(diffs)})
     return paired
+
+
+def _same_round(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> bool:
+    """True when the newest setups of two variants (rows sorted oldest first) come from one round of runs: no
+    older setup of either ends after the other's newest setup begins."""
+    a_older_end = a[-2]["last_line"] if len(a) > 1 else -1
+    b_older_end = b[-2]["last_line"] if len(b) > 1 else -1
+    return a_older_end < b[-1]["first_line"] and b_older_end < a[-1]["first_line"]
 
 
 def load_rankings(rankings_dir: Path, scale: str) -> list[dict[str, Any]]:

@@ -86,6 +86,25 @@ def test_verdict_reads_the_interval() -> None:
     assert ex.verdict(ex.stats([5.0])) == "one seed: no interval yet"
 
 
+def test_pairs_go_through_each_variants_newest_setup() -> None:
+    # the recipe changed between two rounds of runs: setup "z" first (its hash sorts last), then setup "a"
+    old = [_line(v, s, 70.0 + s, setup="z") for v in ("duq_w4a4", "profit_w4a4") for s in (0, 1, 2)]
+    new = [_line("duq_w4a4", 0, 80.0, setup="a"), *[_line("profit_w4a4", s, 81.0, setup="a") for s in (0, 1, 2)]]
+    (g,) = ex.summarise(ex.latest_runs([*old, *new], "cifar"))
+    assert len(g["rows"]) == 4
+    (p,) = g["paired"]  # the newest duq_w4a4 setup has seed 0 only: paired with the newest profit_w4a4 setup
+    assert (p["seeds"], p["values"]) == ([0], [1.0])
+    # random_w4a4 was measured in the first round only: pairing it with the second round's PROFIT would compare
+    # two recipes, so that pair is left out (until random_w4a4 is measured again)
+    stale = [*old[:3], *[_line("random_w4a4", s, 75.0, setup="z") for s in (0, 1, 2)], *old[3:], *new]
+    (g,) = ex.summarise(ex.latest_runs(stale, "cifar"))
+    assert [(p["a"], p["b"]) for p in g["paired"]] == [("profit_w4a4", "duq_w4a4")]
+    again = [*stale, *[_line("random_w4a4", s, 80.5, setup="a") for s in (0, 1, 2)]]
+    (g,) = ex.summarise(ex.latest_runs(again, "cifar"))
+    assert {(p["a"], p["b"]): p["values"] for p in g["paired"]} == {("profit_w4a4", "duq_w4a4"): [1.0],
+                                                                   ("profit_w4a4", "random_w4a4"): [0.5] * 3}
+
+
 def test_the_ledgers_cifar_lines_still_summarise_when_seeds_are_added() -> None:
     """Chapters 6 and 7 compute from whatever the ledger holds: simulate the seeds still running."""
     from profit_edu.book.results import Results
