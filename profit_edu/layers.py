@@ -387,8 +387,10 @@ def _sync_padding(model: nn.Module) -> None:
                 m.pad_value = m.fp_pad_value
 
 
-def _as_batches(data: Tensor | Iterable[Tensor] | Iterable[tuple[Tensor, ...]]) -> list[Tensor]:
-    """One tensor, or an iterable of tensors or of ``(x, y)`` pairs (a loader), as a list of input batches."""
+def _as_batches(data: Tensor | Iterable[Tensor] | Iterable[tuple[Tensor, ...]],
+                device: torch.device | None = None) -> list[Tensor]:
+    """One tensor, or an iterable of tensors or of ``(x, y)`` pairs (a loader), as a list of input batches (moved
+    to ``device`` when given)."""
     items = [data] if isinstance(data, Tensor) else list(data)
     batches = [b[0] if isinstance(b, (tuple, list)) else b for b in items]
     for i, b in enumerate(batches):
@@ -396,7 +398,7 @@ def _as_batches(data: Tensor | Iterable[Tensor] | Iterable[tuple[Tensor, ...]]) 
             raise TypeError(f"calibrate takes a tensor, or tensors or (x, y) pairs; item {i} is {type(b).__name__}")
     if not batches or all(b.numel() == 0 for b in batches):
         raise ValueError("calibrate got no images: pass at least one non-empty batch")
-    return [b for b in batches if b.numel() > 0]
+    return [b if device is None else b.to(device, non_blocking=True) for b in batches if b.numel() > 0]
 
 
 class _Collector:
@@ -457,10 +459,7 @@ def calibrate(
         ValueError: no quantized layer; no images; NaN or inf in an activation or a weight (naming the layer).
         RuntimeError: a quantizer the batches never reached.
     """
-    batches = _as_batches(data)
-    param = next(model.parameters(), None)
-    if param is not None:
-        batches = [b.to(param.device, non_blocking=True) for b in batches]
+    batches = _as_batches(data, device=next((p.device for p in model.parameters()), None))
     acts = {name: m for name, m in model.named_modules() if isinstance(m, QAct)}
     weights = {name: m for name, m in model.named_modules() if isinstance(m, (QConv2d, QLinear))}
     if not acts and not weights:
