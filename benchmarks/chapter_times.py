@@ -40,6 +40,12 @@ def run_chapter(chapter: Path, out: Path, *, full: bool, env: dict[str, str]) ->
     return proc.returncode, seconds, usage.ru_maxrss / 2**20  # Linux reports kilobytes
 
 
+def _shown(chapter: Path) -> str:
+    """The chapter as the command line names it: relative to the repository when inside it."""
+    path = chapter.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(chapter)
+
+
 def ledger_line(chapter: Path, *, full: bool, threads: int | None, seconds: float, peak_gib: float,
                 command: str) -> dict:
     """The ledger line of one timed chapter."""
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(chapter.name)
         elif not args.no_ledger:
             ledger.append(ledger_line(chapter, full=args.full, threads=args.threads, seconds=seconds,
-                                      peak_gib=peak, command=f"{command} book/{chapter.name}"))
+                                      peak_gib=peak, command=f"{command} {_shown(chapter)}"))
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

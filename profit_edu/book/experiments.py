@@ -193,8 +193,8 @@ def summarise(records: Iterable[Mapping[str, Any]], *, order: Sequence[str] = ()
         row = g["rows"].setdefault((r["variant"], r["setup"]), _row(r))
         row["by_seed"][r["copy"]][r["seed"]] = r["value"]
         row["wall_s"][r["seed"]] = r.get("wall_s")
-        row.setdefault("first_line", line_no)  # where its lines are in the ledger: paired_differences pairs
-        row["last_line"] = line_no  # the newest setups, and only when they belong to the same round of runs
+        row.setdefault("first_line", line_no)  # where its lines are among ``records`` (ledger order):
+        row["last_line"] = line_no  # paired_differences pairs newest setups of one round of runs only
     rank = {name: i for i, name in enumerate(order)}
     out = []
     for g in groups.values():

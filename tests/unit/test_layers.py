@@ -218,6 +218,15 @@ def test_calibrate_uses_every_batch():
     assert both[2].quantizer.a.item() > one[2].quantizer.a.item()
 
 
+def test_calibration_batches_go_to_the_given_device():
+    from profit_edu.layers import _as_batches
+
+    loader = [(torch.randn(2, 3, 4, 4), torch.zeros(2)), (torch.empty(0, 3, 4, 4), torch.zeros(0))]
+    (x,) = _as_batches(loader, device=torch.device("meta"))  # the empty batch is dropped, the other moved
+    assert x.device.type == "meta" and x.shape == (2, 3, 4, 4)
+    assert _as_batches(loader)[0].device.type == "cpu"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_calibrate_moves_cpu_batches_to_a_cuda_model():
     torch.manual_seed(4)
